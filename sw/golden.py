@@ -1,0 +1,167 @@
+"""The bit-exact integer golden model of the engine's arithmetic (bit-serial mode).
+
+For every layer, in the engine's order (docs/conversion-math.md section 2):
+
+1. Horner accumulation over the input bit planes, most significant first:
+   ``acc = (acc << 1) + sum_{i: s_i(t)=1} w[o, i]`` for ``t = 1..T_in``.
+2. Deferred successive-approximation fire/reset after all input steps:
+   ``u = acc + B``; if ``L < 2^T - 1`` and ``u >= (L + 1) D`` the neuron emits L; otherwise for
+   ``t = 1..T``: ``s(t) = u >= D << (T - t)``, ``u -= s(t) (D << (T - t))``.
+3. The output layer does not fire: logits ``acc + B``, class = argmax, ties to the lowest index.
+
+Vectorized over a batch in torch; all arithmetic is integer (convolution sums are computed in
+float64, exact for these magnitudes, and checked to be below 2**53 by the Program's width check).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import BitspikeError
+from .program import Layer, Program
+
+
+@dataclass
+class GoldenResult:
+    """What the golden model returns for a batch of ``N`` inputs.
+
+    ``levels[i]``: output levels of layer ``i`` ``(N, *out_shape)`` (the logits for the output
+    layer); ``spikes[i]``: its emitted bits ``(N, T_out, *out_shape)`` as uint8, MSB first (``None``
+    for the output layer); ``accumulators[i]`` (only with ``trace=True``): the accumulator after
+    each input step ``(N, T_in, *out_shape)``.
+    """
+
+    logits: torch.Tensor
+    classes: torch.Tensor
+    levels: list[torch.Tensor]
+    spikes: list[torch.Tensor | None]
+    input_spikes: torch.Tensor
+    accumulators: list[torch.Tensor] = field(default_factory=list)
+
+
+def bit_planes(levels: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(N, *shape)`` levels -> ``(N, steps, *shape)`` bits, most significant first."""
+    shifts = torch.arange(steps - 1, -1, -1, dtype=torch.int64)
+    view = [1, steps] + [1] * (levels.dim() - 1)
+    return ((levels.unsqueeze(1) >> shifts.view(view)) & 1).to(torch.uint8)
+
+
+def argmax_lowest(logits: torch.Tensor) -> torch.Tensor:
+    """Index of the largest logit per row; ties go to the lowest index."""
+    top = logits.max(dim=1, keepdim=True).values
+    idx = torch.arange(logits.shape[1]).expand_as(logits)
+    return torch.where(logits == top, idx, logits.shape[1]).min(dim=1).values
+
+
+def successive_approximation(u0: torch.Tensor, threshold: torch.Tensor, steps: int,
+                             levels: int) -> torch.Tensor:
+    """Deferred fire/reset: the ``steps`` output bits ``(N, steps, ...)`` of potentials ``u0``.
+
+    ``threshold`` broadcasts against ``u0`` (one D per channel). Equals the bits of
+    ``clip(floor(u0 / D), 0, levels)``.
+    """
+    u = u0.clone()
+    bits = []
+    for t in range(steps):
+        thr = threshold << (steps - 1 - t)
+        s = u >= thr
+        u = u - s.to(u.dtype) * thr
+        bits.append(s)
+    out = torch.stack(bits, dim=1).to(torch.uint8)
+    if levels < 2**steps - 1:  # the clip at L: compare with (L + 1) D first
+        sat = u0 >= (levels + 1) * threshold
+        out = torch.where(sat.unsqueeze(1), bit_planes(torch.full_like(u0, levels), steps), out)
+    return out
+
+
+def _synaptic_sum(layer: Layer, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Sum of the weights of the inputs that spike in one step (an exact integer tensor)."""
+    x = plane.to(torch.float64)
+    if layer.kind == "conv3x3":
+        y = F.conv2d(x, weights, padding=1)
+    elif layer.kind == "dense":
+        y = x.flatten(1) @ weights.T
+    else:  # sumpool2x2: weight 1 on each of the 4 inputs of a window
+        n, c, h, w = x.shape
+        y = x.view(n, c, h // 2, 2, w // 2, 2).sum(dim=(3, 5))
+    return y.round().to(torch.int64)
+
+
+def _channel_view(v: np.ndarray, out_shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(v, dtype=np.int64)).view([1, -1] + [1] * (len(out_shape) - 1))
+
+
+def run_layer(layer: Layer, levels_in: torch.Tensor, *, trace: bool = False):
+    """Run one layer on input levels; return ``(levels_out, spikes_out, acc_trace)``."""
+    weights = (torch.from_numpy(layer.weights).to(torch.float64)
+               if layer.weights is not None else None)
+    planes = bit_planes(levels_in, layer.t_in)
+    acc = None
+    steps = []
+    for t in range(layer.t_in):
+        add = _synaptic_sum(layer, planes[:, t], weights)
+        acc = add if acc is None else (acc << 1) + add
+        if trace:
+            steps.append(acc)
+    acc_trace = torch.stack(steps, dim=1) if trace else None
+    if layer.kind == "sumpool2x2":
+        u0, threshold = acc, torch.ones((), dtype=torch.int64)
+    else:
+        u0 = acc + _channel_view(layer.bias, layer.out_shape)
+        if not layer.fires:
+            return u0, None, acc_trace
+        threshold = _channel_view(layer.threshold, layer.out_shape)
+    spikes = successive_approximation(u0, threshold, layer.t_out, layer.levels)
+    weights_of_bits = (1 << torch.arange(layer.t_out - 1, -1, -1, dtype=torch.int64))
+    view = [1, layer.t_out] + [1] * (spikes.dim() - 2)
+    levels = (spikes.to(torch.int64) * weights_of_bits.view(view)).sum(dim=1)
+    return levels, spikes, acc_trace
+
+
+def check_input(program: Program, levels: torch.Tensor) -> torch.Tensor:
+    """Validate a batch of input levels against the Program's input spec."""
+    levels = torch.as_tensor(levels)
+    if levels.dtype.is_floating_point or levels.dtype == torch.bool:
+        raise BitspikeError(f"inputs must be integer pixel levels, got dtype {levels.dtype}")
+    levels = levels.to(torch.int64)
+    shape = tuple(program.input.shape)
+    if levels.dim() == len(shape):
+        levels = levels.unsqueeze(0)
+    if tuple(levels.shape[1:]) != shape:
+        raise BitspikeError(f"inputs of shape {tuple(levels.shape[1:])} do not match the "
+                            f"Program's input {shape}")
+    if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) > program.input.max_level):
+        raise BitspikeError(f"input levels must lie in 0..{program.input.max_level}, got "
+                            f"{int(levels.min())}..{int(levels.max())}")
+    return levels
+
+
+@torch.no_grad()
+def run_program(program: Program, inputs: torch.Tensor, *, trace: bool = False) -> GoldenResult:
+    """Run the integer golden model on a batch of input levels ``(N, *input.shape)``."""
+    x = check_input(program, inputs)
+    levels, spikes, accs = [], [], []
+    cur = x
+    for layer in program.layers:
+        cur, s, a = run_layer(layer, cur, trace=trace)
+        levels.append(cur)
+        spikes.append(s)
+        if trace:
+            accs.append(a)
+    logits = levels[-1]
+    return GoldenResult(logits, argmax_lowest(logits), levels, spikes,
+                        bit_planes(x, program.input.t), accs)
+
+
+def run_batched(program: Program, inputs: torch.Tensor, *, batch_size: int = 512):
+    """Logits and classes for many inputs, in batches (memory-bounded)."""
+    logits, classes = [], []
+    for i in range(0, len(inputs), batch_size):
+        r = run_program(program, inputs[i:i + batch_size])
+        logits.append(r.logits)
+        classes.append(r.classes)
+    return torch.cat(logits), torch.cat(classes)
