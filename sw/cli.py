@@ -1,0 +1,294 @@
+"""The ``bitspike`` command line.
+
+Every command that prints results also takes ``--json`` (one JSON object on stdout, progress bars
+and messages on stderr) and exits non-zero with the error on stderr when it fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import BitspikeError
+
+DEFAULT_DEMO_DIR = "out/demo"
+
+
+def _emit(args, result: dict, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(result, default=_json_default))
+    else:
+        print(text)
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .data import load_dataset
+    from .train import TrainConfig, train
+
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        cfg = TrainConfig(arch=args.arch, levels=args.levels, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          bit_l1=args.bit_l1, per_channel=args.per_channel)
+    except ValueError as e:
+        raise BitspikeError(str(e)) from None
+    data = load_dataset(args.dataset, split_seed=args.split_seed)
+    model, meta = train(cfg, data, progress=not args.quiet)
+    save_checkpoint(args.out, model, meta)
+    result = {"checkpoint": str(args.out), **meta.to_dict()}
+    _emit(args, result,
+          f"trained {cfg.arch} (L={cfg.levels}) on {data.name} in "
+          f"{meta.metrics['train_seconds']:.1f} s: float test accuracy "
+          f"{_pct(meta.metrics['test_accuracy'])}\ncheckpoint: {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+
+
+def _convert(args, path: str):
+    from .checkpoint import load_checkpoint
+    from .convert import convert_model
+    from .data import load_dataset
+    from .models import ARCHS
+
+    model, meta = load_checkpoint(path, arch=args.arch, levels=args.levels)
+    norm = meta.normalization
+    if norm is None:
+        if meta.dataset is None and getattr(args, "dataset", None) is None:
+            raise BitspikeError(f"{path} records no input normalization: pass --dataset")
+        norm = load_dataset(meta.dataset or args.dataset).normalization
+    program = convert_model(model, input_shape=ARCHS[meta.arch].input_shape, normalization=norm,
+                            weight_bits=args.weight_bits, acc_bits=args.acc_bits,
+                            meta={"arch": meta.arch, "levels": meta.levels,
+                                  "dataset": meta.dataset or getattr(args, "dataset", None),
+                                  "split_seed": meta.split_seed, "checkpoint": str(path),
+                                  "checkpoint_sha256": meta.sha256})
+    return model, meta, program
+
+
+def _program_table(program) -> str:
+    rows = [f"{'layer':<7} {'kind':<11} {'in':<12} {'out':<12} {'T_in':>4} {'T_out':>5} "
+            f"{'L':>4} {'D':>10} {'|B|max':>7}"]
+    for lay in program.layers:
+        d = "-" if lay.threshold is None else (
+            str(int(lay.threshold[0])) if (lay.threshold == lay.threshold[0]).all()
+            else f"{int(lay.threshold.min())}..{int(lay.threshold.max())}")
+        b = "-" if lay.bias is None else str(int(abs(lay.bias).max()))
+        rows.append(f"{lay.name:<7} {lay.kind:<11} {'x'.join(map(str, lay.in_shape)):<12} "
+                    f"{'x'.join(map(str, lay.out_shape)):<12} {lay.t_in:>4} {lay.t_out:>5} "
+                    f"{lay.levels:>4} {d:>10} {b:>7}")
+    return "\n".join(rows)
+
+
+def cmd_convert(args) -> int:
+    from .images import write_bundle
+
+    t0 = time.perf_counter()
+    _, _, program = _convert(args, args.checkpoint)
+    manifest = write_bundle(program, args.out)
+    seconds = time.perf_counter() - t0
+    req = manifest["requirements"]
+    notes = "".join(f"\nnote: {n}" for n in program.notes)
+    _emit(args, {"bundle": str(args.out), "seconds": round(seconds, 3),
+                 "program": program.summary()},
+          f"{_program_table(program)}\n\nneeds: {req['weight_bits']}-bit weights, "
+          f"{req['acc_bits']}-bit accumulators, T up to {req['max_t']}, "
+          f"{req['weight_words']} weight words\nwrote {args.out}/ ({len(manifest['sha256'])} "
+          f"files + manifest.json) in {seconds:.2f} s{notes}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+def _format_eval(report, source: str) -> str:
+    lines = [f"{source}: {report.images} test images of {report.dataset}"]
+    if report.float_accuracy is not None:
+        lines.append(f"  float ANN accuracy     {_pct(report.float_accuracy)}")
+    lines.append(f"  integer model accuracy {_pct(report.int_accuracy)}")
+    if report.float_accuracy is not None:
+        gap = 100 * (report.float_accuracy - report.int_accuracy)
+        lines.append(f"  gap (float - int)      {gap:+.2f} points; classes agree on "
+                     f"{_pct(report.class_agreement)}")
+        lines.append("  per-layer level mismatch (float ANN vs integer model):")
+        for m in report.layers:
+            lines.append(f"    {m.name:<7} {m.neurons:>6} neurons  {100 * m.mismatched:6.2f} % "
+                         f"differ  mean |diff| {m.mean_abs_diff:.4f}  max {m.max_abs_diff}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import compare_float_int, dataset_for, evaluate_program
+    from .images import read_bundle
+
+    target = Path(args.target)
+    if target.is_dir():
+        if args.backend == "float":
+            raise BitspikeError(f"{target} is a Program bundle: it holds only integers; pass the "
+                                "checkpoint for --backend float")
+        program = read_bundle(target)
+        report = evaluate_program(program, dataset_for(program.meta))
+    else:
+        model, meta, program = _convert(args, str(target))
+        report = compare_float_int(model, program, dataset_for(program.meta))
+    result = {"target": str(target), "backend": args.backend,
+              "accuracy": report.float_accuracy if args.backend == "float"
+              else report.int_accuracy, **report.to_dict()}
+    _emit(args, result, _format_eval(report, str(target)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(Path(args.out), retrain=args.retrain, progress=not args.json)
+    _emit(args, result, result.pop("text"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# doctor
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import all_required_ok, format_report, run_checks
+
+    progress = None if args.json else (lambda name: print(f"checking {name} ...",
+                                                          file=sys.stderr, flush=True))
+    checks = run_checks(full=not args.quick, progress=progress)
+    ok = all_required_ok(checks)
+    _emit(args, {"ok": ok, "checks": [c.to_dict() for c in checks]}, format_report(checks))
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import ARCHS
+
+    p = argparse.ArgumentParser(
+        prog="bitspike",
+        description="Converted spiking neural networks (bit-serial QCFS conversion) on open FPGAs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("--json", action="store_true",
+                        help="print one JSON object on stdout instead of text")
+
+    def width_args(sp):
+        sp.add_argument("--weight-bits", type=int, default=8, metavar="N",
+                        help="signed weight width (default: 8)")
+        sp.add_argument("--acc-bits", type=int, default=32, metavar="N",
+                        help="largest accumulator width allowed (default: 32); the Program "
+                             "records the width it needs")
+        sp.add_argument("--arch", choices=sorted(ARCHS), default=None,
+                        help="architecture (only needed for a bare state_dict)")
+        sp.add_argument("--levels", type=int, default=None, metavar="L",
+                        help="QCFS levels L (only needed for a bare state_dict)")
+        sp.add_argument("--dataset", default=None,
+                        help="dataset (only needed when the checkpoint records none)")
+
+    sp = sub.add_parser("train", help="train a QCFS source network",
+                        description="Train a QCFS network on a fixed split with a fixed seed; "
+                                    "the checkpoint carries its metadata.")
+    sp.add_argument("--dataset", default="digits", help="dataset (default: digits, embedded)")
+    sp.add_argument("--arch", choices=sorted(ARCHS), default="digits-cnn",
+                    help="architecture (default: digits-cnn)")
+    sp.add_argument("--levels", type=int, default=15, metavar="L",
+                    help="QCFS levels L; bit-serial needs T = ceil(log2(L+1)) (default: 15)")
+    sp.add_argument("--epochs", type=int, default=40, help="epochs (default: 40)")
+    sp.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    sp.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
+    sp.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    sp.add_argument("--split-seed", type=int, default=0, help="train/test split seed (default: 0)")
+    sp.add_argument("--bit-l1", type=float, default=0.0, metavar="COEF",
+                    help="bit-sparsity regularizer coefficient (seed Eq. 10-11; default: off)")
+    sp.add_argument("--per-channel", action="store_true",
+                    help="one QCFS threshold per channel instead of per layer")
+    sp.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")
+    common(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("convert", help="convert a checkpoint to an integer Program bundle",
+                        description="Fold BN, quantize, and write the Program's memory-image "
+                                    "bundle (hex + bin per memory, manifest.json).")
+    sp.add_argument("checkpoint", help="checkpoint (.pt) from `bitspike train` or a state_dict")
+    sp.add_argument("--out", required=True, help="bundle folder to write")
+    width_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_convert)
+
+    sp = sub.add_parser("eval", help="accuracy of the float ANN and the integer model",
+                        description="Accuracy on the test split recorded in the metadata. A "
+                                    "checkpoint is converted on the fly and compared layer by "
+                                    "layer with its integer model.")
+    sp.add_argument("target", help="checkpoint file or Program bundle folder")
+    sp.add_argument("--backend", choices=("float", "int"), default="int",
+                    help="whose accuracy is the headline 'accuracy' (default: int)")
+    width_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("demo", help="train, convert, evaluate and write a bundle on digits",
+                        description="The whole flow on the embedded digits dataset; reuses a "
+                                    "cached model when its settings match.")
+    sp.add_argument("--out", default=DEFAULT_DEMO_DIR,
+                    help=f"working folder (default: {DEFAULT_DEMO_DIR})")
+    sp.add_argument("--retrain", action="store_true", help="ignore a cached model")
+    common(sp)
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("doctor", help="check the toolchain",
+                        description="Report each tool, its version and whether it works.")
+    sp.add_argument("--quick", action="store_true", help="skip the cocotb simulation run")
+    common(sp)
+    sp.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BitspikeError as e:
+        print(f"bitspike {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

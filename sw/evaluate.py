@@ -1,0 +1,118 @@
+"""Accuracy of the float ANN and of the integer golden model, and where the two differ.
+
+The integer model differs from the float QCFS network only by weight and bias rounding
+(docs/conversion-math.md 2.3); :func:`compare_float_int` measures that difference per layer as the
+fraction of neurons whose level differs, so it is reported, never hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .data import DatasetSplit, load_dataset
+from .errors import BitspikeError
+from .golden import run_program
+from .program import Program
+from .qcfs import QCFS
+
+
+@dataclass
+class LayerMismatch:
+    name: str
+    neurons: int
+    mismatched: float  # fraction of (image, neuron) pairs whose levels differ
+    mean_abs_diff: float
+    max_abs_diff: int
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    images: int
+    int_accuracy: float
+    float_accuracy: float | None = None
+    class_agreement: float | None = None
+    layers: list[LayerMismatch] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "images": self.images,
+                "int_accuracy": self.int_accuracy, "float_accuracy": self.float_accuracy,
+                "accuracy_gap_points": (None if self.float_accuracy is None else
+                                        round(100 * (self.float_accuracy - self.int_accuracy), 4)),
+                "class_agreement": self.class_agreement,
+                "layers": [m.to_dict() for m in self.layers]}
+
+
+def dataset_for(meta: dict) -> DatasetSplit:
+    """The test data a Program or checkpoint was made for, from its metadata."""
+    name = meta.get("dataset")
+    if not name:
+        raise BitspikeError("no dataset recorded in the checkpoint/Program metadata: it was not "
+                            "trained by bitspike; evaluate it with --dataset")
+    return load_dataset(name, split_seed=int(meta.get("split_seed", 0)))
+
+
+@torch.no_grad()
+def float_levels(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Float logits and the integer level of every QCFS module (by module name)."""
+    levels: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, QCFS):
+            def hook(mod, inputs, _out, name=name):
+                levels[name] = mod.level(inputs[0]).to(torch.int64)
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        model.eval()
+        logits = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, levels
+
+
+def _sum_pool(levels: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = levels.shape
+    return levels.view(n, c, h // 2, 2, w // 2, 2).sum(dim=(3, 5))
+
+
+@torch.no_grad()
+def evaluate_program(program: Program, data: DatasetSplit) -> EvalReport:
+    r = run_program(program, data.x_test)
+    acc = float((r.classes == data.y_test).double().mean())
+    return EvalReport(data.name, len(data.y_test), acc)
+
+
+@torch.no_grad()
+def compare_float_int(model: nn.Module, program: Program, data: DatasetSplit) -> EvalReport:
+    """Both accuracies, class agreement and the per-layer level mismatch on the test split."""
+    x = data.x_test
+    logits, fl = float_levels(model, data.normalization.apply(x))
+    r = run_program(program, x)
+    report = EvalReport(data.name, len(data.y_test),
+                        float((r.classes == data.y_test).double().mean()),
+                        float((logits.argmax(1) == data.y_test).double().mean()),
+                        float((logits.argmax(1) == r.classes).double().mean()))
+    prev = None
+    for layer, int_levels in zip(program.layers, r.levels, strict=True):
+        if not layer.fires:
+            break
+        if layer.kind == "sumpool2x2":
+            ref = _sum_pool(prev)
+        else:
+            ref = fl.get(layer.source)
+            if ref is None:
+                raise BitspikeError(f"no QCFS module named {layer.source!r} in the model: the "
+                                    "Program was not converted from this checkpoint")
+        diff = (ref.reshape(int_levels.shape) - int_levels).abs()
+        report.layers.append(LayerMismatch(layer.name, int(int_levels[0].numel()),
+                                           float((diff > 0).double().mean()),
+                                           float(diff.double().mean()), int(diff.max())))
+        prev = ref.reshape(int_levels.shape)
+    return report

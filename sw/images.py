@@ -1,0 +1,327 @@
+"""Memory-image bundles: the saved form of a :class:`~bitspike.sw.program.Program`.
+
+A bundle is a folder with, per memory, a ``.hex`` file for Verilog ``$readmemh`` and a raw ``.bin``
+file, plus ``manifest.json`` (format version, the engine parameters the Program needs, the layer
+table, the sha256 of every file). docs/memory-images.md is the complete specification; this module
+is its reference writer and reader. The reader verifies everything and refuses, naming the file,
+any bundle that does not check out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BundleError, ProgramError
+from .program import PROGRAM_FORMAT_VERSION, InputSpec, Layer, Program
+
+BUNDLE_FORMAT = "bitspike-image-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+KIND_CODES = {"conv3x3": 0, "dense": 1, "sumpool2x2": 2}
+DESCRIPTOR_WORDS = 16
+DESCRIPTOR_BITS = 32
+FLAG_FIRES, FLAG_LAST = 1, 2
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """One memory: ``depth`` words of ``width`` bits, signed (two's complement) or not."""
+
+    name: str
+    width: int
+    signed: bool
+
+    @property
+    def hex_digits(self) -> int:
+        return -(-self.width // 4)
+
+    @property
+    def bytes_per_word(self) -> int:
+        return -(-self.width // 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# word encodings
+
+
+def _check_range(values: np.ndarray, spec: MemorySpec) -> None:
+    lo = -(2 ** (spec.width - 1)) if spec.signed else 0
+    hi = 2 ** (spec.width - 1) - 1 if spec.signed else 2**spec.width - 1
+    if values.size and (values.min() < lo or values.max() > hi):
+        raise BundleError(f"memory {spec.name}: values {values.min()}..{values.max()} do not fit "
+                          f"{spec.width} {'signed' if spec.signed else 'unsigned'} bits")
+
+
+def encode_hex(values: np.ndarray, spec: MemorySpec) -> str:
+    """One word per line, ``hex_digits`` lowercase digits, two's complement masked to ``width``."""
+    _check_range(values, spec)
+    mask = (1 << spec.width) - 1
+    return "".join(f"{int(v) & mask:0{spec.hex_digits}x}\n" for v in values)
+
+
+def encode_bin(values: np.ndarray, spec: MemorySpec) -> bytes:
+    """``bytes_per_word`` little-endian bytes per word, sign-extended to the full byte width."""
+    _check_range(values, spec)
+    nbytes = spec.bytes_per_word
+    return b"".join(int(v).to_bytes(nbytes, "little", signed=spec.signed) for v in values)
+
+
+def decode_hex(text: str, spec: MemorySpec, *, filename: str) -> np.ndarray:
+    words = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if len(line) != spec.hex_digits:
+            raise BundleError(f"{filename}: line {lineno} has {len(line)} hex digits, expected "
+                              f"{spec.hex_digits} for a {spec.width}-bit word")
+        try:
+            raw = int(line, 16)
+        except ValueError:
+            raise BundleError(f"{filename}: line {lineno} is not hexadecimal: {line!r}") from None
+        if raw >> spec.width:
+            raise BundleError(f"{filename}: line {lineno} exceeds {spec.width} bits")
+        if spec.signed and raw >> (spec.width - 1):
+            raw -= 1 << spec.width
+        words.append(raw)
+    return np.asarray(words, dtype=np.int64)
+
+
+def decode_bin(data: bytes, spec: MemorySpec, *, filename: str) -> np.ndarray:
+    nbytes = spec.bytes_per_word
+    if len(data) % nbytes:
+        raise BundleError(f"{filename}: {len(data)} bytes is not a whole number of "
+                          f"{nbytes}-byte words")
+    return np.asarray([int.from_bytes(data[i:i + nbytes], "little", signed=spec.signed)
+                       for i in range(0, len(data), nbytes)], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# layout
+
+
+def weights_to_words(layer: Layer) -> np.ndarray:
+    """Input-major order: for each input tap (c, dy, dx) or input i, all output channels.
+
+    One row of ``C_out`` consecutive words per input is what a group of output lanes reads in one
+    access (the engine packs ``P`` of them into one wide word at elaboration).
+    """
+    w = layer.weights
+    return w.reshape(w.shape[0], -1).T.reshape(-1)
+
+
+def words_to_weights(words: np.ndarray, layer: Layer) -> np.ndarray:
+    c_out = layer.out_shape[0]
+    if layer.kind == "conv3x3":
+        shape = (c_out, layer.in_shape[0], 3, 3)
+    else:
+        shape = (c_out, int(np.prod(layer.in_shape)))
+    return words.reshape(-1, c_out).T.reshape(shape).copy()
+
+
+def _shape3(shape) -> list[int]:
+    s = list(shape)
+    return s + [1] * (3 - len(s))
+
+
+def layer_descriptor(layer: Layer, bases: dict, last: bool) -> list[int]:
+    """The 16 words of the layer-descriptor memory for one layer (docs/memory-images.md)."""
+    flags = (FLAG_FIRES if layer.fires else 0) | (FLAG_LAST if last else 0)
+    return [KIND_CODES[layer.kind], flags, *_shape3(layer.in_shape), *_shape3(layer.out_shape),
+            layer.t_in, layer.t_out, layer.levels, bases["weight_base"], bases["bias_base"],
+            bases["threshold_base"], layer.fan_in, 0]
+
+
+def _layout(program: Program) -> tuple[list[dict], dict[str, np.ndarray]]:
+    bases, w_words, b_words, d_words = [], [], [], []
+    w_at = b_at = d_at = 0
+    for lay in program.layers:
+        entry = {"weight_base": w_at, "weight_words": 0, "bias_base": b_at, "bias_words": 0,
+                 "threshold_base": d_at, "threshold_words": 0}
+        if lay.weights is not None:
+            words = weights_to_words(lay)
+            w_words.append(words)
+            entry["weight_words"] = int(words.size)
+            w_at += words.size
+        if lay.bias is not None:
+            b_words.append(lay.bias)
+            entry["bias_words"] = int(lay.bias.size)
+            b_at += lay.bias.size
+        if lay.threshold is not None:
+            d_words.append(lay.threshold)
+            entry["threshold_words"] = int(lay.threshold.size)
+            d_at += lay.threshold.size
+        bases.append(entry)
+    desc = [layer_descriptor(lay, b, i == len(program.layers) - 1)
+            for i, (lay, b) in enumerate(zip(program.layers, bases, strict=True))]
+
+    def cat(parts):
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    return bases, {"weights": cat(w_words), "bias": cat(b_words), "threshold": cat(d_words),
+                   "layers": np.asarray(desc, dtype=np.int64).reshape(-1)}
+
+
+def memory_specs(program: Program) -> dict[str, MemorySpec]:
+    req = program.requirements()
+    return {"weights": MemorySpec("weights", program.weight_bits, True),
+            "bias": MemorySpec("bias", req["bias_bits"], True),
+            "threshold": MemorySpec("threshold", req["threshold_bits"], False),
+            "layers": MemorySpec("layers", DESCRIPTOR_BITS, False)}
+
+
+# ---------------------------------------------------------------------------------------------
+# writer
+
+
+def write_bundle(program: Program, folder: str | Path) -> dict:
+    """Write ``program`` as a bundle into ``folder``; return the manifest."""
+    program.validate()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bases, memories = _layout(program)
+    specs = memory_specs(program)
+    mem_entries = {}
+    for name, values in memories.items():
+        spec = specs[name]
+        files = {"hex": f"{name}.hex", "bin": f"{name}.bin"}
+        (folder / files["hex"]).write_text(encode_hex(values, spec))
+        (folder / files["bin"]).write_bytes(encode_bin(values, spec))
+        mem_entries[name] = {"width": spec.width, "signed": spec.signed, "depth": int(values.size),
+                             "bytes_per_word": spec.bytes_per_word, "files": files}
+    layers = []
+    for lay, b in zip(program.layers, bases, strict=True):
+        layers.append({**lay.summary(), **b, "fan_in": lay.fan_in})
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "program": {"format_version": program.format_version, "mode": program.mode,
+                    "weight_bits": program.weight_bits, "classes": program.classes,
+                    "input": {"shape": list(program.input.shape),
+                              "max_level": program.input.max_level, "t": program.input.t},
+                    "meta": program.meta, "notes": program.notes},
+        "requirements": program.requirements(),
+        "layers": layers,
+        "memories": mem_entries,
+        "sha256": {f: _sha256(folder / f) for m in mem_entries.values()
+                   for f in m["files"].values()},
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# reader
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise BundleError(f"{folder} is not a bundle folder (convert a checkpoint with "
+                          "`bitspike convert model.pt --out DIR`)")
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: {folder} is not a bitspike image bundle")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not a {BUNDLE_FORMAT} manifest")
+    if manifest.get("format_version") != BUNDLE_VERSION:
+        raise BundleError(f"{path}: bundle format version {manifest.get('format_version')!r} is "
+                          f"not supported (this bitspike reads version {BUNDLE_VERSION})")
+    return manifest
+
+
+def _read_memory(folder: Path, name: str, entry: dict, hashes: dict) -> np.ndarray:
+    spec = MemorySpec(name, int(entry["width"]), bool(entry["signed"]))
+    values = {}
+    for kind in ("hex", "bin"):
+        fname = entry["files"][kind]
+        path = folder / fname
+        if not path.is_file():
+            raise BundleError(f"{path}: missing (listed in {MANIFEST})")
+        if fname not in hashes:
+            raise BundleError(f"{folder / MANIFEST}: no sha256 recorded for {fname}")
+        if _sha256(path) != hashes[fname]:
+            raise BundleError(f"{path}: sha256 does not match {MANIFEST}: the file was changed "
+                              "or corrupted; re-run `bitspike convert`")
+        if kind == "hex":
+            values[kind] = decode_hex(path.read_text(), spec, filename=str(path))
+        else:
+            values[kind] = decode_bin(path.read_bytes(), spec, filename=str(path))
+        if values[kind].size != int(entry["depth"]):
+            raise BundleError(f"{path}: {values[kind].size} words, {MANIFEST} says "
+                              f"{entry['depth']}")
+    if not np.array_equal(values["hex"], values["bin"]):
+        raise BundleError(f"{folder / entry['files']['bin']}: disagrees with "
+                          f"{entry['files']['hex']}")
+    return values["hex"]
+
+
+def read_bundle(folder: str | Path) -> Program:
+    """Read and verify a bundle; return its Program.
+
+    Raises
+    ------
+    BundleError
+        Naming the file that is missing, malformed, or does not match the manifest.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    where = folder / MANIFEST
+    try:
+        hashes = manifest["sha256"]
+        mems = {name: _read_memory(folder, name, manifest["memories"][name], hashes)
+                for name in ("weights", "bias", "threshold", "layers")}
+        p = manifest["program"]
+        spec = InputSpec(tuple(p["input"]["shape"]), int(p["input"]["max_level"]),
+                         int(p["input"]["t"]))
+        layers = []
+        for entry in manifest["layers"]:
+            lay = Layer(entry["name"], entry["kind"], tuple(entry["in_shape"]),
+                        tuple(entry["out_shape"]), int(entry["t_in"]), int(entry["t_out"]),
+                        int(entry["levels"]), bool(entry["fires"]), unit=float(entry["unit"]),
+                        source=entry.get("source", ""))
+            wb, wn = int(entry["weight_base"]), int(entry["weight_words"])
+            bb, bn = int(entry["bias_base"]), int(entry["bias_words"])
+            db, dn = int(entry["threshold_base"]), int(entry["threshold_words"])
+            for mem, base, n in (("weights", wb, wn), ("bias", bb, bn), ("threshold", db, dn)):
+                if base < 0 or n < 0 or base + n > mems[mem].size:
+                    raise BundleError(f"{where}: layer {lay.name} reads {mem} words "
+                                      f"{base}..{base + n - 1} beyond the memory's depth "
+                                      f"{mems[mem].size}")
+            if wn:
+                lay.weights = words_to_weights(mems["weights"][wb:wb + wn], lay)
+            if bn:
+                lay.bias = mems["bias"][bb:bb + bn].copy()
+            if dn:
+                lay.threshold = mems["threshold"][db:db + dn].copy()
+            layers.append(lay)
+        program = Program(p["mode"], spec, layers, int(p["weight_bits"]), meta=p.get("meta", {}),
+                          notes=list(p.get("notes", [])),
+                          format_version=int(p.get("format_version", PROGRAM_FORMAT_VERSION)))
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError, ProgramError) as e:
+        raise BundleError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None
+    try:
+        program.validate()
+    except ProgramError as e:
+        raise BundleError(f"{where}: the layer table is inconsistent: {e}") from None
+    bases, expected = _layout(program)
+    for name, values in expected.items():
+        if not np.array_equal(values, mems[name]):
+            raise BundleError(f"{folder / manifest['memories'][name]['files']['hex']}: contents "
+                              f"do not match the layer table in {MANIFEST}")
+    if program.requirements() != manifest.get("requirements"):
+        raise BundleError(f"{where}: the recorded engine requirements do not match the memories")
+    return program
