@@ -136,7 +136,7 @@ def _close(layer: FloatLayer | None, layers: list[FloatLayer]) -> None:
 
 
 def _fold_bn(layer: FloatLayer, bn: nn.Module) -> None:
-    """``W' = W * gamma / sqrt(var + eps)``, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``."""
+    """Fold BN: ``W' = W g / sqrt(var + eps)``, ``b' = (b - mean) g / sqrt(var + eps) + beta``."""
     gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_mean).double()
     beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(bn.running_mean).double()
     scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)

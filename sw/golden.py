@@ -92,7 +92,8 @@ def _synaptic_sum(layer: Layer, plane: torch.Tensor, weights: torch.Tensor | Non
 
 
 def _channel_view(v: np.ndarray, out_shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(v, dtype=np.int64)).view([1, -1] + [1] * (len(out_shape) - 1))
+    view = [1, -1] + [1] * (len(out_shape) - 1)
+    return torch.from_numpy(np.asarray(v, dtype=np.int64)).view(view)
 
 
 def run_layer(layer: Layer, levels_in: torch.Tensor, *, trace: bool = False):

@@ -106,8 +106,9 @@ class Layer:
 
     def summary(self) -> dict:
         return {"name": self.name, "kind": self.kind, "in_shape": list(self.in_shape),
-             "out_shape": list(self.out_shape), "t_in": self.t_in, "t_out": self.t_out,
-             "levels": self.levels, "fires": self.fires, "unit": self.unit, "source": self.source}
+                "out_shape": list(self.out_shape), "t_in": self.t_in, "t_out": self.t_out,
+                "levels": self.levels, "fires": self.fires, "unit": self.unit,
+                "source": self.source}
 
 
 @dataclass(eq=False)

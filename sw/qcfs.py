@@ -106,7 +106,7 @@ class QCFS(nn.Module):
         return self.thresh.view(shape)
 
     def level(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer levels ``k`` (as a float tensor) of the pre-activation ``x``; no gradient path."""
+        """Integer levels ``k`` (a float tensor) of the pre-activation ``x``; no gradient path."""
         lam = self._lam(x)
         return torch.clamp(torch.floor(x * self.levels / lam + 0.5), 0, self.levels)
 
