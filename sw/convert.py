@@ -239,23 +239,33 @@ def quantize(layers: list[FloatLayer], *, input_spec: InputSpec, weight_bits: in
             else:
                 d_real = torch.where(wmax > 0, qmax * lam / (L * wmax.clamp_min(1e-300)),
                                      torch.full_like(lam, qmax))
-            if float(d_real.min()) < 1:
+            if float(d_real.min()) < 1 - 1e-9:
                 need = weight_bits + math.ceil(math.log2(1 / float(d_real.min())))
                 raise WidthError(f"layer {fl.name!r}: its weights are too large for the threshold "
                                  f"step lambda/L at {weight_bits}-bit weights (the integer "
                                  f"threshold D would be {float(d_real.min()):.3g} < 1); convert "
                                  f"with --weight-bits {need} or more")
-            D = torch.floor(d_real).to(torch.int64)
-            s_w = lam / (L * D.double())
+            # A ratio that is an integer up to float rounding (3.9999999) must give that integer;
+            # the weight check below steps D back down where rounding pushed a weight over qmax.
+            D = torch.floor(d_real * (1 + 1e-9)).to(torch.int64).clamp_min(1)
             t_out, out_levels = time_steps_for_levels(L), L
         else:
-            s_w = (wmax.max() / qmax if wmax.max() > 0 else torch.tensor(1.0)).expand(c_out)
             D, t_out, out_levels = None, 0, 0
         shape_w = [-1] + [1] * (fl.weight.dim() - 1)
-        w = torch.round(w_units / s_w.view(shape_w)).to(torch.int64)
-        if int(w.abs().max()) > qmax:
-            raise WidthError(f"layer {fl.name!r}: a rounded weight {int(w.abs().max())} exceeds "
-                             f"the {weight_bits}-bit range; convert with more --weight-bits")
+        while True:
+            if fires:
+                s_w = lam / (L * D.double())
+            else:
+                s_w = (wmax.max() / qmax if wmax.max() > 0 else torch.tensor(1.0)).expand(c_out)
+            w = torch.round(w_units / s_w.view(shape_w)).to(torch.int64)
+            over = w.reshape(c_out, -1).abs().amax(dim=1) > qmax
+            if not over.any():
+                break
+            if not fires or int(D.min()) <= 1:
+                raise WidthError(f"layer {fl.name!r}: a rounded weight {int(w.abs().max())} "
+                                 f"exceeds the {weight_bits}-bit range; convert with more "
+                                 "--weight-bits")
+            D = D - (over.to(torch.int64) if fl.lam.numel() > 1 else 1)
         half = D.double() / 2 if fires else 0.0
         b_real = fl.bias / s_w + half
         B = torch.round(b_real).to(torch.int64)
