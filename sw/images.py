@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ KIND_CODES = {"conv3x3": 0, "dense": 1, "sumpool2x2": 2}
 DESCRIPTOR_WORDS = 16
 DESCRIPTOR_BITS = 32
 FLAG_FIRES, FLAG_LAST = 1, 2
+_HEX_WORD = re.compile(r"[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,15 @@ def encode_bin(values: np.ndarray, spec: MemorySpec) -> bytes:
 
 
 def decode_hex(text: str, spec: MemorySpec, *, filename: str) -> np.ndarray:
+    """Strict inverse of :func:`encode_hex`: exactly ``hex_digits`` digits and ``\\n`` per line."""
+    if text and not text.endswith("\n"):
+        raise BundleError(f"{filename}: the last line has no newline (truncated?)")
     words = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if len(line) != spec.hex_digits:
-            raise BundleError(f"{filename}: line {lineno} has {len(line)} hex digits, expected "
-                              f"{spec.hex_digits} for a {spec.width}-bit word")
-        try:
-            raw = int(line, 16)
-        except ValueError:
-            raise BundleError(f"{filename}: line {lineno} is not hexadecimal: {line!r}") from None
+    for lineno, line in enumerate(text.split("\n")[:-1] if text else [], 1):
+        if len(line) != spec.hex_digits or not _HEX_WORD.fullmatch(line):
+            raise BundleError(f"{filename}: line {lineno} is {line!r}, expected exactly "
+                              f"{spec.hex_digits} hex digits for a {spec.width}-bit word")
+        raw = int(line, 16)
         if raw >> spec.width:
             raise BundleError(f"{filename}: line {lineno} exceeds {spec.width} bits")
         if spec.signed and raw >> (spec.width - 1):
@@ -177,24 +178,18 @@ def memory_specs(program: Program) -> dict[str, MemorySpec]:
 # writer
 
 
-def write_bundle(program: Program, folder: str | Path) -> dict:
-    """Write ``program`` as a bundle into ``folder``; return the manifest."""
-    program.validate()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def build_manifest(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest (without ``sha256``) and the memory contents of ``program``."""
     bases, memories = _layout(program)
     specs = memory_specs(program)
     mem_entries = {}
     for name, values in memories.items():
         spec = specs[name]
-        files = {"hex": f"{name}.hex", "bin": f"{name}.bin"}
-        (folder / files["hex"]).write_text(encode_hex(values, spec))
-        (folder / files["bin"]).write_bytes(encode_bin(values, spec))
         mem_entries[name] = {"width": spec.width, "signed": spec.signed, "depth": int(values.size),
-                             "bytes_per_word": spec.bytes_per_word, "files": files}
-    layers = []
-    for lay, b in zip(program.layers, bases, strict=True):
-        layers.append({**lay.summary(), **b, "fan_in": lay.fan_in})
+                             "bytes_per_word": spec.bytes_per_word,
+                             "files": {"hex": f"{name}.hex", "bin": f"{name}.bin"}}
+    layers = [{**lay.summary(), **b, "fan_in": lay.fan_in}
+              for lay, b in zip(program.layers, bases, strict=True)]
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -206,9 +201,24 @@ def write_bundle(program: Program, folder: str | Path) -> dict:
         "requirements": program.requirements(),
         "layers": layers,
         "memories": mem_entries,
-        "sha256": {f: _sha256(folder / f) for m in mem_entries.values()
-                   for f in m["files"].values()},
     }
+    # normalize through JSON so that the reader's comparison sees exactly what is on disk
+    return json.loads(json.dumps(manifest)), memories
+
+
+def write_bundle(program: Program, folder: str | Path) -> dict:
+    """Write ``program`` as a bundle into ``folder``; return the manifest."""
+    program.validate()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest, memories = build_manifest(program)
+    specs = memory_specs(program)
+    for name, values in memories.items():
+        files = manifest["memories"][name]["files"]
+        (folder / files["hex"]).write_text(encode_hex(values, specs[name]))
+        (folder / files["bin"]).write_bytes(encode_bin(values, specs[name]))
+    manifest["sha256"] = {f: _sha256(folder / f) for m in manifest["memories"].values()
+                          for f in m["files"].values()}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -317,11 +327,32 @@ def read_bundle(folder: str | Path) -> Program:
         program.validate()
     except ProgramError as e:
         raise BundleError(f"{where}: the layer table is inconsistent: {e}") from None
-    bases, expected = _layout(program)
-    for name, values in expected.items():
+    # Everything the manifest says must be what the memories imply: regenerate and compare.
+    expected, memories = build_manifest(program)
+    for name, values in memories.items():
         if not np.array_equal(values, mems[name]):
             raise BundleError(f"{folder / manifest['memories'][name]['files']['hex']}: contents "
                               f"do not match the layer table in {MANIFEST}")
-    if program.requirements() != manifest.get("requirements"):
-        raise BundleError(f"{where}: the recorded engine requirements do not match the memories")
+    recorded = {k: v for k, v in manifest.items() if k != "sha256"}
+    where_differs = _first_difference(expected, recorded, "")
+    if where_differs is not None:
+        raise BundleError(f"{where}: field {where_differs} does not match the memories and the "
+                          "layer table (the manifest was edited or is inconsistent)")
     return program
+
+
+def _first_difference(a, b, path: str) -> str | None:
+    """Path of the first leaf where two JSON values differ, or ``None`` when equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _first_difference(x, y, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else path

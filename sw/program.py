@@ -175,6 +175,9 @@ class Program:
             raise ProgramError("a Program needs at least one layer")
         if not 2 <= self.weight_bits <= 32:
             raise ProgramError(f"weight_bits must be 2..32, not {self.weight_bits}")
+        if len(self.input.shape) not in (1, 3):
+            raise ProgramError(f"the input shape must be (C, H, W) or (N,), not "
+                               f"{tuple(self.input.shape)}")
         shape, t, prev_levels = tuple(self.input.shape), self.input.t, self.input.max_level
         qmax = 2 ** (self.weight_bits - 1) - 1
         for i, lay in enumerate(self.layers):
