@@ -66,7 +66,6 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
     t_convert = time.perf_counter() - t1
     report = compare_float_int(model, program, data)
     req = program.requirements()
-    worst = max(report.layers, key=lambda m: m.mismatched)
     text = "\n".join([
         "bitspike demo: digits-cnn, QCFS L=15, bit-serial T=4 (input: 5 bit planes)",
         f"  model       {ckpt} ({'trained' if trained else 'cached'}, "
@@ -77,8 +76,9 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
         f"  integer SNN {100 * report.int_accuracy:.2f} % "
         f"({100 * (report.float_accuracy - report.int_accuracy):+.2f} points vs float; "
         f"classes agree on {100 * report.class_agreement:.2f} %)",
-        f"  level mismatch float vs int: worst layer {worst.name} "
-        f"{100 * worst.mismatched:.2f} % of neurons (weight rounding only)",
+        "  levels that differ, float ANN vs integer model (weight rounding only; mean |diff|):",
+        "    " + ", ".join(f"{m.name} {100 * m.mismatched:.1f} % ({m.mean_abs_diff:.2f})"
+                          for m in report.layers),
     ])
     return {"checkpoint": str(ckpt), "trained": trained, "bundle": str(bundle),
             "train_seconds": round(t_train, 2), "convert_seconds": round(t_convert, 3),

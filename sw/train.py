@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointMeta
 from .data import DatasetSplit
+from .errors import BitspikeError
 from .models import ARCHS, build_model
 from .qcfs import bit_sparsity_loss, track_bit_sparsity
 
@@ -55,8 +56,9 @@ def train(cfg: TrainConfig, data: DatasetSplit, *, progress: bool = True):
     """
     spec = ARCHS[cfg.arch]
     if tuple(spec.input_shape) != tuple(data.input_shape):
-        raise ValueError(f"architecture {cfg.arch} expects inputs {spec.input_shape}, dataset "
-                         f"{data.name} has {data.input_shape}")
+        raise BitspikeError(f"architecture {cfg.arch} expects inputs {spec.input_shape}, but "
+                            f"dataset {data.name} has {data.input_shape}: pick an architecture "
+                            "made for it")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg.arch, levels=cfg.levels, classes=data.classes,

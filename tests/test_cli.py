@@ -59,6 +59,7 @@ def test_train_convert_eval_flow(tmp_path, capsys):
     (["eval", "missing.pt"], "not found"),
     (["train", "--dataset", "mnist", "--out", "m.pt", "--epochs", "1"], "unknown dataset"),
     (["train", "--epochs", "0", "--out", "m.pt"], "epochs must be a positive integer"),
+    (["train", "--arch", "vgg-small", "--out", "m.pt"], "expects inputs (3, 32, 32)"),
 ])
 def test_errors_go_to_stderr_with_exit_code_1(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -104,3 +105,16 @@ def test_console_script_from_another_directory(tmp_path):
     r = subprocess.run([exe, "eval", "nothing.pt"], cwd=tmp_path, capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 1 and "not found" in r.stderr and r.stdout == ""
+
+
+def test_cli_reference_lists_every_option():
+    from bitspike.sw.cli import build_parser
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sp in sub.choices.items():
+        assert f"## bitspike {name}" in doc, name
+        for action in sp._actions:
+            for opt in action.option_strings:
+                assert opt in doc, f"docs/cli.md lacks {name} {opt}"
