@@ -244,6 +244,19 @@ class Program:
             return (s[0], s[1] // 2, s[2] // 2)
         return (lay.out_shape[0],)
 
+    def save(self, folder) -> dict:
+        """Write the Program's saved form, its memory-image bundle; return the manifest."""
+        from .images import write_bundle
+
+        return write_bundle(self, folder)
+
+    @staticmethod
+    def load(folder) -> Program:
+        """Read and verify a bundle (:func:`bitspike.sw.images.read_bundle`)."""
+        from .images import read_bundle
+
+        return read_bundle(folder)
+
     def summary(self) -> dict:
         """JSON-ready description without the arrays."""
         return {"format_version": self.format_version, "mode": self.mode,

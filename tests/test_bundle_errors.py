@@ -12,6 +12,7 @@ from bitspike.sw.errors import BundleError
 from bitspike.sw.golden import run_program
 from bitspike.sw.images import read_bundle, write_bundle
 from bitspike.sw.models import build_model
+from bitspike.sw.program import Program
 
 
 @pytest.fixture
@@ -42,6 +43,11 @@ def test_round_trip_is_exact(bundle):
     x = torch.randint(0, 17, (8, 1, 8, 8))
     assert torch.equal(run_program(program, x).logits, run_program(back, x).logits)
     assert back.meta == program.meta and back.summary() == program.summary()
+    again = Program.load(folder)  # the Program's own entry points use the same reader
+    assert again.summary() == program.summary()
+    again.save(folder.parent / "copy")
+    assert (folder.parent / "copy" / "weights.hex").read_text() == (
+        folder / "weights.hex").read_text()
 
 
 def test_tampered_hex_names_the_file(bundle):
