@@ -175,7 +175,7 @@ def test_integer_levels_equal_weight_quantized_qcfs_network(case):
     # conversion recovers the integers the network was built from
     weighted = [lay for lay in program.layers if lay.weights is not None]
     assert len(weighted) == len(expected_ints)
-    for lay, (w, B, D, s) in zip(weighted, expected_ints, strict=True):
+    for lay, (w, B, D, _scale) in zip(weighted, expected_ints, strict=True):
         assert np.array_equal(lay.weights, w), lay.name
         assert np.array_equal(lay.bias, B), lay.name
         if D is not None:
