@@ -22,7 +22,7 @@ from torch import nn
 from .data import Normalization
 from .errors import CheckpointError
 from .models import ARCHS, build_model
-from .qcfs import QCFS
+from .qcfs import QCFS, ThresholdReLU
 
 CHECKPOINT_FORMAT = "bitspike-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -36,6 +36,7 @@ class CheckpointMeta:
     levels: int
     classes: int = 10
     per_channel: bool = False
+    activation: str = "qcfs"
     dataset: str | None = None
     split_seed: int = 0
     normalization: Normalization | None = None
@@ -45,7 +46,8 @@ class CheckpointMeta:
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, "levels": self.levels, "classes": self.classes,
-                "per_channel": self.per_channel, "dataset": self.dataset,
+                "per_channel": self.per_channel, "activation": self.activation,
+                "dataset": self.dataset,
                 "split_seed": self.split_seed,
                 "normalization": self.normalization.to_dict() if self.normalization else None,
                 "train": self.train, "metrics": self.metrics, "sha256": self.sha256}
@@ -83,7 +85,8 @@ def _unwrap_state_dict(obj) -> dict:
 
 def _canonical_keys(model: nn.Module, state: dict) -> dict:
     """Rename the public QCFS threshold alias ``up`` to ``thresh`` where a QCFS module sits."""
-    qcfs_prefixes = {name + "." for name, m in model.named_modules() if isinstance(m, QCFS)}
+    qcfs_prefixes = {name + "." for name, m in model.named_modules()
+                     if isinstance(m, QCFS | ThresholdReLU)}
     out = {}
     for k, v in state.items():
         prefix, _, leaf = k.rpartition(".")
@@ -124,7 +127,8 @@ def check_state_dict(model: nn.Module, state: dict, *, source: str) -> dict:
 
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, levels: int | None = None,
-                    per_channel: bool | None = None) -> tuple[nn.Sequential, CheckpointMeta]:
+                    per_channel: bool | None = None, activation: str | None = None
+                    ) -> tuple[nn.Sequential, CheckpointMeta]:
     """Load a checkpoint into a freshly built model (in eval mode).
 
     Arguments override the checkpoint's metadata; for a bare state_dict ``arch`` and ``levels``
@@ -155,6 +159,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, levels: int | 
                 classes=int(obj.get("classes", 10)),
                 per_channel=bool(obj.get("per_channel", False) if per_channel is None
                                  else per_channel),
+                activation=str(obj.get("activation", "qcfs")),
                 dataset=obj.get("dataset"), split_seed=int(obj.get("split_seed", 0)),
                 normalization=(Normalization.from_dict(obj["normalization"])
                                if obj.get("normalization") else None),
@@ -170,12 +175,15 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, levels: int | 
         if arch is None or levels is None:
             raise CheckpointError(f"{path} is a bare state_dict without bitspike metadata: pass "
                                   "--arch and --levels (L is not stored in QCFS checkpoints)")
-        meta = CheckpointMeta(arch=arch, levels=int(levels), per_channel=bool(per_channel))
+        meta = CheckpointMeta(arch=arch, levels=int(levels), per_channel=bool(per_channel),
+                              activation=activation or "qcfs")
     classes_key = [k for k in state if k.endswith(".weight")]
     if classes_key:
         meta.classes = int(state[classes_key[-1]].shape[0])
+    if activation is not None:
+        meta.activation = activation
     model = build_model(meta.arch, levels=meta.levels, classes=meta.classes,
-                        per_channel=meta.per_channel)
+                        per_channel=meta.per_channel, activation=meta.activation)
     state = check_state_dict(model, state, source=str(path))
     model.load_state_dict(state, strict=True)
     model.eval()

@@ -51,7 +51,8 @@ def cmd_train(args) -> int:
     try:
         cfg = TrainConfig(arch=args.arch, levels=args.levels, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          bit_l1=args.bit_l1, per_channel=args.per_channel)
+                          bit_l1=args.bit_l1, per_channel=args.per_channel,
+                          activation=args.activation)
     except ValueError as e:
         raise BitspikeError(str(e)) from None
     data = load_dataset(args.dataset, split_seed=args.split_seed)
@@ -195,6 +196,7 @@ def cmd_doctor(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .models import ARCHS
+    from .qcfs import ACTIVATIONS
 
     p = argparse.ArgumentParser(
         prog="bitspike",
@@ -235,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bit-sparsity regularizer coefficient (seed Eq. 10-11; default: off)")
     sp.add_argument("--per-channel", action="store_true",
                     help="one QCFS threshold per channel instead of per layer")
+    sp.add_argument("--activation", choices=ACTIVATIONS, default="qcfs",
+                    help="source activation: qcfs (bit-serial, qcfs, srp), trelu = threshold "
+                         "ReLU (deng-gu), relu (data-driven) (default: qcfs)")
     sp.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .errors import BitspikeError
-from .qcfs import QCFS
+from .qcfs import ACTIVATIONS, make_activation
 
 
 @dataclass(frozen=True)
@@ -27,35 +27,39 @@ class ArchSpec:
     summary: str
 
 
-def _conv_block(c_in: int, c_out: int, levels: int, per_channel: bool, thresh: float):
+def _conv_block(c_in: int, c_out: int, levels: int, per_channel: bool, thresh: float,
+                act: str):
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-            QCFS(levels=levels, thresh=thresh, channels=c_out if per_channel else None)]
+            make_activation(act, levels=levels, thresh=thresh,
+                            channels=c_out if per_channel else None)]
 
 
-def _dense_block(n_in: int, n_out: int, levels: int, per_channel: bool, thresh: float):
+def _dense_block(n_in: int, n_out: int, levels: int, per_channel: bool, thresh: float,
+                 act: str):
     return [nn.Linear(n_in, n_out, bias=False), nn.BatchNorm1d(n_out),
-            QCFS(levels=levels, thresh=thresh, channels=n_out if per_channel else None)]
+            make_activation(act, levels=levels, thresh=thresh,
+                            channels=n_out if per_channel else None)]
 
 
 def digits_mlp(*, levels: int, classes: int = 10, per_channel: bool = False,
-               thresh: float = 4.0) -> nn.Sequential:
+               thresh: float = 4.0, activation: str = "qcfs") -> nn.Sequential:
     """64-128-128-10 MLP for 8x8 digits."""
     return nn.Sequential(
         nn.Flatten(),
-        *_dense_block(64, 128, levels, per_channel, thresh),
-        *_dense_block(128, 128, levels, per_channel, thresh),
+        *_dense_block(64, 128, levels, per_channel, thresh, activation),
+        *_dense_block(128, 128, levels, per_channel, thresh, activation),
         nn.Linear(128, classes),
     )
 
 
 def digits_cnn(*, levels: int, classes: int = 10, per_channel: bool = False,
-               thresh: float = 4.0) -> nn.Sequential:
+               thresh: float = 4.0, activation: str = "qcfs") -> nn.Sequential:
     """conv16-conv32-pool-conv32-pool-fc10 for 8x8 digits (8x8 -> 4x4 -> 2x2)."""
     return nn.Sequential(
-        *_conv_block(1, 16, levels, per_channel, thresh),
-        *_conv_block(16, 32, levels, per_channel, thresh),
+        *_conv_block(1, 16, levels, per_channel, thresh, activation),
+        *_conv_block(16, 32, levels, per_channel, thresh, activation),
         nn.AvgPool2d(2),
-        *_conv_block(32, 32, levels, per_channel, thresh),
+        *_conv_block(32, 32, levels, per_channel, thresh, activation),
         nn.AvgPool2d(2),
         nn.Flatten(),
         nn.Linear(32 * 2 * 2, classes),
@@ -63,13 +67,13 @@ def digits_cnn(*, levels: int, classes: int = 10, per_channel: bool = False,
 
 
 def vgg_small(*, levels: int, classes: int = 10, per_channel: bool = False,
-              thresh: float = 8.0) -> nn.Sequential:
+              thresh: float = 8.0, activation: str = "qcfs") -> nn.Sequential:
     """CIFAR-shaped VGG (32x32x3): 2x64, pool, 2x128, pool, 2x256, pool, fc."""
     layers: list[nn.Module] = []
     c_in = 3
     for widths in ((64, 64), (128, 128), (256, 256)):
         for c in widths:
-            layers += _conv_block(c_in, c, levels, per_channel, thresh)
+            layers += _conv_block(c_in, c, levels, per_channel, thresh, activation)
             c_in = c
         layers.append(nn.AvgPool2d(2))
     layers += [nn.Flatten(), nn.Linear(256 * 4 * 4, classes)]
@@ -85,9 +89,9 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def build_model(arch: str, *, levels: int, classes: int = 10,
-                per_channel: bool = False) -> nn.Sequential:
-    """Build architecture ``arch`` with QCFS levels ``levels``.
+def build_model(arch: str, *, levels: int, classes: int = 10, per_channel: bool = False,
+                activation: str = "qcfs") -> nn.Sequential:
+    """Build architecture ``arch`` with QCFS levels ``levels`` (or another source activation).
 
     Raises
     ------
@@ -99,4 +103,8 @@ def build_model(arch: str, *, levels: int, classes: int = 10,
     except KeyError:
         raise BitspikeError(f"unknown architecture {arch!r}: available are "
                             f"{', '.join(ARCHS)}") from None
-    return spec.build(levels=levels, classes=classes, per_channel=per_channel)
+    if activation not in ACTIVATIONS:
+        raise BitspikeError(f"unknown activation {activation!r}: available are "
+                            f"{', '.join(ACTIVATIONS)}")
+    return spec.build(levels=levels, classes=classes, per_channel=per_channel,
+                      activation=activation)

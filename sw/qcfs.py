@@ -152,3 +152,36 @@ def track_bit_sparsity(model: nn.Module, enabled: bool = True) -> None:
         if isinstance(m, QCFS):
             m.track_bits = enabled
             m.last_bit_count = None
+
+
+class ThresholdReLU(nn.Module):
+    """``clip(h, 0, lam)`` with a trainable ``lam``: the source activation of Deng & Gu (2021).
+
+    The clip makes every neuron reach its maximal rate within a short simulation; ``lam`` becomes
+    the SNN threshold. Parameter name ``thresh`` as in :class:`QCFS`.
+    """
+
+    def __init__(self, *, thresh: float = 4.0, channels: int | None = None):
+        super().__init__()
+        self.channels = channels
+        self.thresh = nn.Parameter(torch.full((channels or 1,), float(thresh)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.thresh if self.channels is None else self.thresh.view(
+            [1, self.channels] + [1] * (x.dim() - 2))
+        # min(relu(x), lam) keeps a gradient for lam where the clip is active
+        return torch.minimum(torch.relu(x), lam)
+
+
+ACTIVATIONS = ("qcfs", "trelu", "relu")
+
+
+def make_activation(kind: str, *, levels: int, thresh: float, channels: int | None) -> nn.Module:
+    """The activation module of a source network: QCFS, threshold ReLU, or plain ReLU."""
+    if kind == "qcfs":
+        return QCFS(levels=levels, thresh=thresh, channels=channels)
+    if kind == "trelu":
+        return ThresholdReLU(thresh=thresh, channels=channels)
+    if kind == "relu":
+        return nn.ReLU()
+    raise ValueError(f"unknown activation {kind!r}; known: {', '.join(ACTIVATIONS)}")

@@ -29,6 +29,7 @@ class TrainConfig:
     seed: int = 0
     bit_l1: float = 0.0
     per_channel: bool = False
+    activation: str = "qcfs"
 
     def __post_init__(self):
         for name in ("levels", "epochs", "batch_size"):
@@ -37,6 +38,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
         if self.lr <= 0 or self.weight_decay < 0 or self.bit_l1 < 0:
             raise ValueError("lr must be > 0, weight_decay and bit_l1 >= 0")
+        if self.bit_l1 > 0 and self.activation != "qcfs":
+            raise ValueError("--bit-l1 penalizes the bits of QCFS levels: it needs "
+                             "--activation qcfs")
 
 
 @torch.no_grad()
@@ -62,7 +66,7 @@ def train(cfg: TrainConfig, data: DatasetSplit, *, progress: bool = True):
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg.arch, levels=cfg.levels, classes=data.classes,
-                        per_channel=cfg.per_channel)
+                        per_channel=cfg.per_channel, activation=cfg.activation)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(data.y_train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps_per_epoch)
@@ -70,7 +74,8 @@ def train(cfg: TrainConfig, data: DatasetSplit, *, progress: bool = True):
     y_all = data.y_train
     track_bit_sparsity(model, cfg.bit_l1 > 0)
     start = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.arch} L={cfg.levels}", unit="epoch",
+    what = f"L={cfg.levels}" if cfg.activation == "qcfs" else cfg.activation
+    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.arch} {what}", unit="epoch",
                disable=not progress, leave=False)
     test_acc = 0.0
     for _epoch in bar:
@@ -95,6 +100,7 @@ def train(cfg: TrainConfig, data: DatasetSplit, *, progress: bool = True):
     seconds = time.perf_counter() - start
     meta = CheckpointMeta(
         arch=cfg.arch, levels=cfg.levels, classes=data.classes, per_channel=cfg.per_channel,
+        activation=cfg.activation,
         dataset=data.name, split_seed=data.split_seed, normalization=data.normalization,
         train={"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
                "weight_decay": cfg.weight_decay, "seed": cfg.seed, "bit_l1": cfg.bit_l1,
