@@ -22,15 +22,17 @@ from torch import nn
 from .data import Normalization
 from .errors import UnsupportedLayerError, WidthError
 from .program import InputSpec, Layer, Program, signed_bits
-from .qcfs import QCFS, time_steps_for_levels
+from .qcfs import QCFS, ThresholdReLU, time_steps_for_levels
 
 
 @dataclass
 class FloatLayer:
     """A conv/linear layer with BatchNorm folded in, or an average pooling, in float64.
 
-    ``lam`` (shape ``[1]`` or ``[C_out]``) and ``levels`` come from the QCFS after it; both are
-    ``None`` for the non-firing output layer and for pooling.
+    ``act`` is the activation after it (``"qcfs"``, ``"trelu"``, ``"relu"``; ``None`` for the
+    non-firing output layer and for pooling); ``lam`` (shape ``[1]`` or ``[C_out]``) is its
+    threshold (QCFS lambda or the threshold-ReLU clip; ``None`` for ReLU) and ``levels`` the
+    QCFS ``L``. ``act_name`` is the activation module's name (for hooks and reports).
     """
 
     name: str
@@ -39,15 +41,14 @@ class FloatLayer:
     bias: torch.Tensor | None
     lam: torch.Tensor | None = None
     levels: int | None = None
-    qcfs_name: str | None = None
+    act_name: str | None = None
+    act: str | None = None
 
 
 _SKIP = (nn.Dropout, nn.Identity)
 _INSTEAD = {
     nn.MaxPool2d: "max pooling cannot be computed exactly from spikes: retrain with "
                   "nn.AvgPool2d(2) (the engine's sum pooling)",
-    nn.ReLU: "the bit-serial conversion needs QCFS activations: replace nn.ReLU with "
-             "bitspike.sw.qcfs.QCFS(levels=L) and fine-tune (the seed's A.9: about 30 epochs)",
     nn.AdaptiveAvgPool2d: "use nn.AvgPool2d(2) steps (2x2 sum pooling) and a Linear head",
     nn.AdaptiveMaxPool2d: "use nn.AvgPool2d(2) steps (2x2 sum pooling) and a Linear head",
 }
@@ -91,19 +92,25 @@ def extract_layers(model: nn.Module) -> list[FloatLayer]:
                                                                                  dtype=torch.float64)
             open_layer = FloatLayer(name, "dense", m.weight.detach().double().clone(), bias)
         elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-            if open_layer is None or open_layer.lam is not None:
+            if open_layer is None or open_layer.act is not None:
                 raise _unsupported(name, m, "BatchNorm can only be folded when it directly follows "
                                    "a convolution or linear layer")
             _fold_bn(open_layer, m)
-        elif isinstance(m, QCFS):
-            if open_layer is None or open_layer.lam is not None:
-                raise _unsupported(name, m, "a QCFS activation must follow a convolution or linear "
+        elif isinstance(m, QCFS | ThresholdReLU | nn.ReLU):
+            if open_layer is None or open_layer.act is not None:
+                raise _unsupported(name, m, "an activation must follow a convolution or linear "
                                    "layer (and its BatchNorm)")
-            lam = m.thresh.detach().double().clone()
-            if (lam <= 0).any():
-                raise _unsupported(name, m, f"its threshold lambda must be positive, got "
-                                   f"{lam.tolist()}")
-            open_layer.lam, open_layer.levels, open_layer.qcfs_name = lam, m.levels, name
+            if isinstance(m, nn.ReLU):
+                open_layer.act = "relu"
+            else:
+                lam = m.thresh.detach().double().clone()
+                if (lam <= 0).any():
+                    raise _unsupported(name, m, f"its threshold lambda must be positive, got "
+                                       f"{lam.tolist()}")
+                open_layer.lam = lam
+                open_layer.act = "qcfs" if isinstance(m, QCFS) else "trelu"
+                open_layer.levels = m.levels if isinstance(m, QCFS) else None
+            open_layer.act_name = name
             _close(open_layer, layers)
             open_layer = None
         elif isinstance(m, nn.AvgPool2d):
@@ -129,8 +136,8 @@ def extract_layers(model: nn.Module) -> list[FloatLayer]:
 def _close(layer: FloatLayer | None, layers: list[FloatLayer]) -> None:
     if layer is None:
         return
-    if layer.lam is None:
-        raise UnsupportedLayerError(f"layer {layer.name!r} has no QCFS activation after it: only "
+    if layer.act is None:
+        raise UnsupportedLayerError(f"layer {layer.name!r} has no activation after it: only "
                                     "the last layer may be without one")
     layers.append(layer)
 
@@ -227,9 +234,16 @@ def quantize(layers: list[FloatLayer], *, input_spec: InputSpec, weight_bits: in
         if fl.kind == "conv3x3" and (len(shape) != 3 or fl.weight.shape[1] != shape[0]):
             raise UnsupportedLayerError(f"layer {fl.name!r}: expects {fl.weight.shape[1]} input "
                                         f"channels, the previous layer gives shape {shape}")
+        if fl.act not in (None, "qcfs"):
+            what = "nn.ReLU" if fl.act == "relu" else "the threshold ReLU"
+            raise UnsupportedLayerError(
+                f"layer {fl.act_name!r} ({fl.act}) is not supported by the bit-serial conversion: "
+                f"it needs QCFS activations: replace {what} with bitspike.sw.qcfs.QCFS(levels=L) "
+                "and fine-tune (the seed's A.9: about 30 epochs), or convert with a rate method "
+                "(--method data-driven or deng-gu)")
         w_units = fl.weight * _channel_units(unit, fl.kind, shape)  # W'' acting on levels
         wmax = w_units.reshape(c_out, -1).abs().amax(dim=1)
-        fires = fl.lam is not None
+        fires = fl.act is not None
         if fires:
             L = fl.levels
             lam = fl.lam.expand(c_out) if fl.lam.numel() == 1 else fl.lam
@@ -274,7 +288,7 @@ def quantize(layers: list[FloatLayer], *, input_spec: InputSpec, weight_bits: in
         layer = Layer(next_name(prefix), fl.kind, shape, new_shape, t_in, t_out, out_levels, fires,
                       weights=w.numpy(), bias=B.numpy(),
                       threshold=D.numpy() if fires else None,
-                      unit=float(s_w.mean()), source=fl.qcfs_name or fl.name)
+                      unit=float(s_w.mean()), source=fl.act_name or fl.name)
         need = signed_bits(layer.acc_magnitude(2**t_in - 1))
         if need > acc_bits:
             raise WidthError(f"layer {fl.name!r}: the accumulator needs {need} bits (weights, "
@@ -285,7 +299,9 @@ def quantize(layers: list[FloatLayer], *, input_spec: InputSpec, weight_bits: in
         if fires:
             shape, t_in, in_levels = new_shape, t_out, out_levels
             unit = (fl.lam / fl.levels).expand(c_out).clone()
-    program = Program("bitserial", input_spec, out, weight_bits, meta=dict(meta or {}),
+    hidden_t = [lay.t_out for lay in out if lay.fires and lay.kind != "sumpool2x2"]
+    program = Program("bitserial", input_spec, out, weight_bits, method="bitserial",
+                      t_steps=max(hidden_t, default=0), meta=dict(meta or {}),
                       notes=list(notes or []))
     program.validate()
     return program

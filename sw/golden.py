@@ -32,7 +32,9 @@ class GoldenResult:
     ``levels[i]``: output levels of layer ``i`` ``(N, *out_shape)`` (the logits for the output
     layer); ``spikes[i]``: its emitted bits ``(N, T_out, *out_shape)`` as uint8, MSB first (``None``
     for the output layer); ``accumulators[i]`` (only with ``trace=True``): the accumulator after
-    each input step ``(N, T_in, *out_shape)``.
+    each input step ``(N, T_in, *out_shape)`` (rate mode: the potential after each step's
+    integration). Rate mode with SRP: ``srp_masks[i]`` (neurons kept after the probe) and
+    ``residuals[i]`` (their potential ``v(tau)``) per firing layer.
     """
 
     logits: torch.Tensor
@@ -41,6 +43,8 @@ class GoldenResult:
     spikes: list[torch.Tensor | None]
     input_spikes: torch.Tensor
     accumulators: list[torch.Tensor] = field(default_factory=list)
+    srp_masks: list[torch.Tensor | None] = field(default_factory=list)
+    residuals: list[torch.Tensor | None] = field(default_factory=list)
 
 
 def bit_planes(levels: torch.Tensor, steps: int) -> torch.Tensor:
@@ -78,8 +82,13 @@ def successive_approximation(u0: torch.Tensor, threshold: torch.Tensor, steps: i
     return out
 
 
-def _synaptic_sum(layer: Layer, plane: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Sum of the weights of the inputs that spike in one step (an exact integer tensor)."""
+def _synaptic_sum(layer: Layer, plane: torch.Tensor, weights: torch.Tensor | None,
+                  integer: bool = True) -> torch.Tensor:
+    """Sum of the weights of the inputs that spike in one step (an exact integer tensor).
+
+    ``plane`` holds per-input multiplicities (bits, or 2x2 spike counts after pooling).
+    ``integer=False`` keeps float64 (the float twin of a rate Program).
+    """
     x = plane.to(torch.float64)
     if layer.kind == "conv3x3":
         y = F.conv2d(x, weights, padding=1)
@@ -88,12 +97,14 @@ def _synaptic_sum(layer: Layer, plane: torch.Tensor, weights: torch.Tensor | Non
     else:  # sumpool2x2: weight 1 on each of the 4 inputs of a window
         n, c, h, w = x.shape
         y = x.view(n, c, h // 2, 2, w // 2, 2).sum(dim=(3, 5))
-    return y.round().to(torch.int64)
+    return y.round().to(torch.int64) if integer else y
 
 
 def _channel_view(v: np.ndarray, out_shape: tuple[int, ...]) -> torch.Tensor:
     view = [1, -1] + [1] * (len(out_shape) - 1)
-    return torch.from_numpy(np.asarray(v, dtype=np.int64)).view(view)
+    v = np.asarray(v)
+    dtype = np.float64 if v.dtype.kind == "f" else np.int64
+    return torch.from_numpy(v.astype(dtype)).view(view)
 
 
 def run_layer(layer: Layer, levels_in: torch.Tensor, *, trace: bool = False):
@@ -141,9 +152,118 @@ def check_input(program: Program, levels: torch.Tensor) -> torch.Tensor:
     return levels
 
 
+def _horner(layer: Layer, levels_in: torch.Tensor, integer: bool = True) -> torch.Tensor:
+    """The layer's accumulation over all input bit planes, MSB first (no bias)."""
+    weights = torch.from_numpy(np.asarray(layer.weights, dtype=np.float64))
+    planes = bit_planes(levels_in, layer.t_in)
+    acc = None
+    for t in range(layer.t_in):
+        add = _synaptic_sum(layer, planes[:, t], weights, integer)
+        acc = add if acc is None else acc * 2 + add
+    return acc
+
+
+@torch.no_grad()
+def run_rate(program: Program, inputs: torch.Tensor, *, trace: bool = False) -> GoldenResult:
+    """The rate-coded IF golden model (integer Program, or its float twin from quantize_rate).
+
+    Layer by layer, ``S = tau + t_steps`` steps each (docs/conversion-math.md section 3).
+    ``levels[i]`` is a firing layer's spike count over the last ``t_steps`` steps, ``spikes[i]``
+    its per-step outputs ``(N, S, ...)`` (spikes, or 2x2 spike counts for pooling);
+    ``accumulators[i]`` (with ``trace``) the potential after each step's integration, before
+    firing. Dtypes follow the Program's arrays: int64 for a Program, float64 for its float twin.
+    """
+    x = check_input(program, inputs)
+    S, tau = program.rate_steps, program.tau
+    integer = program.layers[0].weights.dtype.kind != "f"
+    levels, spikes, accs, srp_masks, residuals = [], [], [], [], []
+    steps_in = None  # (N, S, *shape) per-step inputs of the current layer
+    for index, layer in enumerate(program.layers):
+        if layer.kind == "sumpool2x2":
+            n = steps_in.shape[0]
+            flat = steps_in.flatten(0, 1)
+            c, h, w = flat.shape[1:]
+            pooled = flat.view(-1, c, h // 2, 2, w // 2, 2).sum(dim=(3, 5))
+            steps_in = pooled.view(n, S, *pooled.shape[1:])
+            levels.append(steps_in[:, tau:].sum(dim=1))
+            spikes.append(steps_in)
+            srp_masks.append(None)
+            residuals.append(None)
+            if trace:
+                accs.append(steps_in)
+            continue
+        weights = torch.from_numpy(np.asarray(layer.weights, dtype=np.float64))
+        bias = _channel_view(layer.bias, layer.out_shape)
+        if index == 0:  # the analog input current, computed once bit-serially
+            current = _horner(layer, x, integer)
+            steps_add = [current] * S
+        else:
+            steps_add = [_synaptic_sum(layer, steps_in[:, t], weights, integer) for t in range(S)]
+        if not layer.fires:
+            logits = sum(add + bias for add in steps_add[tau:])
+            levels.append(logits)
+            spikes.append(None)
+            if trace:
+                accs.append(None)
+            continue
+        out, potentials, keep, residual = integrate_and_fire(
+            torch.stack(steps_add, dim=1), bias=bias,
+            threshold=_channel_view(layer.threshold, layer.out_shape),
+            v_init=_channel_view(layer.v_init, layer.out_shape), tau=tau)
+        steps_in = out.to(torch.int64)
+        levels.append(steps_in[:, tau:].sum(dim=1))
+        spikes.append(out)
+        if trace:
+            accs.append(potentials)
+        if tau:
+            srp_masks.append(keep)
+            residuals.append(residual)
+        else:
+            srp_masks.append(None)
+            residuals.append(None)
+    logits = levels[-1]
+    result = GoldenResult(logits, argmax_lowest(logits), levels, spikes,
+                          bit_planes(x, program.input.t), accs)
+    result.srp_masks, result.residuals = srp_masks, residuals
+    return result
+
+
+def integrate_and_fire(adds: torch.Tensor, *, bias, threshold, v_init, tau: int = 0):
+    """IF neurons with reset by subtraction over ``S`` steps of synaptic input.
+
+    ``adds``: ``(N, S, ...)`` synaptic sums per step; ``bias``, ``threshold``, ``v_init``
+    broadcast against one step. Per step: ``v += add + bias; s = v >= threshold;
+    v -= s threshold``. With ``tau > 0`` (SRP), at step ``tau`` the neurons with ``v < 0`` are
+    masked (no spikes from then on) and every ``v`` restarts at ``v_init``.
+
+    Returns ``(spikes uint8 (N, S, ...), potentials before firing (N, S, ...), keep mask,
+    residual v(tau))``; the last two are ``None`` without ``tau``.
+    """
+    v = v_init + torch.zeros_like(adds[:, 0])
+    keep = residual = None
+    outs, potentials = [], []
+    for t in range(adds.shape[1]):
+        if tau and t == tau:
+            residual = v
+            keep = v >= 0
+            v = v_init + torch.zeros_like(v)
+        v = v + adds[:, t] + bias
+        potentials.append(v)
+        s = v >= threshold
+        v = v - s.to(v.dtype) * threshold
+        outs.append(s & keep if keep is not None else s)
+    return (torch.stack(outs, dim=1).to(torch.uint8), torch.stack(potentials, dim=1), keep,
+            residual)
+
+
 @torch.no_grad()
 def run_program(program: Program, inputs: torch.Tensor, *, trace: bool = False) -> GoldenResult:
-    """Run the integer golden model on a batch of input levels ``(N, *input.shape)``."""
+    """Run the golden model on a batch of input levels ``(N, *input.shape)``.
+
+    Bit-serial Programs run the bit-serial model below; rate Programs :func:`run_rate`.
+    """
+    if program.mode == "rate":
+        return run_rate(program, inputs, trace=trace)
     x = check_input(program, inputs)
     levels, spikes, accs = [], [], []
     cur = x

@@ -133,15 +133,16 @@ def layer_descriptor(layer: Layer, bases: dict, last: bool) -> list[int]:
     flags = (FLAG_FIRES if layer.fires else 0) | (FLAG_LAST if last else 0)
     return [KIND_CODES[layer.kind], flags, *_shape3(layer.in_shape), *_shape3(layer.out_shape),
             layer.t_in, layer.t_out, layer.levels, bases["weight_base"], bases["bias_base"],
-            bases["threshold_base"], layer.fan_in, 0]
+            bases["threshold_base"], layer.fan_in, bases["v_init_base"]]
 
 
 def _layout(program: Program) -> tuple[list[dict], dict[str, np.ndarray]]:
-    bases, w_words, b_words, d_words = [], [], [], []
-    w_at = b_at = d_at = 0
+    bases, w_words, b_words, d_words, v_words = [], [], [], [], []
+    w_at = b_at = d_at = v_at = 0
     for lay in program.layers:
         entry = {"weight_base": w_at, "weight_words": 0, "bias_base": b_at, "bias_words": 0,
-                 "threshold_base": d_at, "threshold_words": 0}
+                 "threshold_base": d_at, "threshold_words": 0, "v_init_base": v_at,
+                 "v_init_words": 0}
         if lay.weights is not None:
             words = weights_to_words(lay)
             w_words.append(words)
@@ -155,6 +156,10 @@ def _layout(program: Program) -> tuple[list[dict], dict[str, np.ndarray]]:
             d_words.append(lay.threshold)
             entry["threshold_words"] = int(lay.threshold.size)
             d_at += lay.threshold.size
+        if lay.v_init is not None:
+            v_words.append(lay.v_init)
+            entry["v_init_words"] = int(lay.v_init.size)
+            v_at += lay.v_init.size
         bases.append(entry)
     desc = [layer_descriptor(lay, b, i == len(program.layers) - 1)
             for i, (lay, b) in enumerate(zip(program.layers, bases, strict=True))]
@@ -162,16 +167,22 @@ def _layout(program: Program) -> tuple[list[dict], dict[str, np.ndarray]]:
     def cat(parts):
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
-    return bases, {"weights": cat(w_words), "bias": cat(b_words), "threshold": cat(d_words),
-                   "layers": np.asarray(desc, dtype=np.int64).reshape(-1)}
+    memories = {"weights": cat(w_words), "bias": cat(b_words), "threshold": cat(d_words),
+                "layers": np.asarray(desc, dtype=np.int64).reshape(-1)}
+    if program.mode == "rate":  # initial potentials exist only for rate-coded neurons
+        memories["v_init"] = cat(v_words)
+    return bases, memories
 
 
 def memory_specs(program: Program) -> dict[str, MemorySpec]:
     req = program.requirements()
-    return {"weights": MemorySpec("weights", program.weight_bits, True),
-            "bias": MemorySpec("bias", req["bias_bits"], True),
-            "threshold": MemorySpec("threshold", req["threshold_bits"], False),
-            "layers": MemorySpec("layers", DESCRIPTOR_BITS, False)}
+    specs = {"weights": MemorySpec("weights", program.weight_bits, True),
+             "bias": MemorySpec("bias", req["bias_bits"], True),
+             "threshold": MemorySpec("threshold", req["threshold_bits"], False),
+             "layers": MemorySpec("layers", DESCRIPTOR_BITS, False)}
+    if program.mode == "rate":
+        specs["v_init"] = MemorySpec("v_init", req["v_init_bits"], True)
+    return specs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +205,7 @@ def build_manifest(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
         "program": {"format_version": program.format_version, "mode": program.mode,
+                    "method": program.method, "t_steps": program.t_steps, "tau": program.tau,
                     "weight_bits": program.weight_bits, "classes": program.classes,
                     "input": {"shape": list(program.input.shape),
                               "max_level": program.input.max_level, "t": program.input.t},
@@ -290,9 +302,12 @@ def read_bundle(folder: str | Path) -> Program:
     where = folder / MANIFEST
     try:
         hashes = manifest["sha256"]
-        mems = {name: _read_memory(folder, name, manifest["memories"][name], hashes)
-                for name in ("weights", "bias", "threshold", "layers")}
         p = manifest["program"]
+        names = ["weights", "bias", "threshold", "layers"]
+        if p["mode"] == "rate":
+            names.append("v_init")
+        mems = {name: _read_memory(folder, name, manifest["memories"][name], hashes)
+                for name in names}
         spec = InputSpec(tuple(p["input"]["shape"]), int(p["input"]["max_level"]),
                          int(p["input"]["t"]))
         layers = []
@@ -304,7 +319,14 @@ def read_bundle(folder: str | Path) -> Program:
             wb, wn = int(entry["weight_base"]), int(entry["weight_words"])
             bb, bn = int(entry["bias_base"]), int(entry["bias_words"])
             db, dn = int(entry["threshold_base"]), int(entry["threshold_words"])
-            for mem, base, n in (("weights", wb, wn), ("bias", bb, bn), ("threshold", db, dn)):
+            vb, vn = int(entry["v_init_base"]), int(entry["v_init_words"])
+            extents = [("weights", wb, wn), ("bias", bb, bn), ("threshold", db, dn)]
+            if vn:
+                extents.append(("v_init", vb, vn))
+            for mem, base, n in extents:
+                if mem not in mems:
+                    raise BundleError(f"{where}: layer {lay.name} uses memory {mem}, which a "
+                                      f"{p['mode']} bundle does not have")
                 if base < 0 or n < 0 or base + n > mems[mem].size:
                     raise BundleError(f"{where}: layer {lay.name} reads {mem} words "
                                       f"{base}..{base + n - 1} beyond the memory's depth "
@@ -315,8 +337,11 @@ def read_bundle(folder: str | Path) -> Program:
                 lay.bias = mems["bias"][bb:bb + bn].copy()
             if dn:
                 lay.threshold = mems["threshold"][db:db + dn].copy()
+            if vn:
+                lay.v_init = mems["v_init"][vb:vb + vn].copy()
             layers.append(lay)
-        program = Program(p["mode"], spec, layers, int(p["weight_bits"]), meta=p.get("meta", {}),
+        program = Program(p["mode"], spec, layers, int(p["weight_bits"]), method=p["method"],
+                          t_steps=int(p["t_steps"]), tau=int(p["tau"]), meta=p.get("meta", {}),
                           notes=list(p.get("notes", [])),
                           format_version=int(p.get("format_version", PROGRAM_FORMAT_VERSION)))
     except BundleError:

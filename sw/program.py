@@ -19,6 +19,21 @@ Layer kinds
     so that the sum is sent exactly (average pooling's 1/4 lives in the next layer's scale).
 
 The last layer is ``dense`` and does not fire: its result is the logits ``acc + B``.
+
+Neuron modes
+------------
+``bitserial`` (the error-free scheme)
+    Levels travel as ``T`` binary digits, MSB first; Horner accumulation, then deferred
+    successive-approximation fire/reset with threshold step ``D`` (``threshold``) after all steps.
+``rate`` (classic IF with reset by subtraction: qcfs, deng-gu, data-driven, srp)
+    Every layer runs ``S = tau + t_steps`` steps. Per step and output neuron:
+    ``v += sum_{i} w[o,i] x_i(t) + B[o]; s = v >= Theta[o]; v -= s Theta[o]`` with ``v`` starting
+    at ``v_init`` and ``Theta`` in ``threshold``. ``x_i(t)`` is a spike (0/1), or a 2x2 sum of
+    spikes after pooling (0..4). The first layer's input current ``sum w k`` (pixel levels) is
+    computed once, bit-serially, and added every step. With ``tau > 0`` (SRP) the first ``tau``
+    steps probe: at step ``tau`` neurons with ``v < 0`` are masked (their later spikes are
+    dropped) and every ``v`` restarts at ``v_init``. The output layer's logits are
+    ``sum over the last t_steps steps of (acc(t) + B)``.
 """
 
 from __future__ import annotations
@@ -31,7 +46,9 @@ from .errors import ProgramError
 
 PROGRAM_FORMAT_VERSION = 1
 LAYER_KINDS = ("conv3x3", "dense", "sumpool2x2")
-NEURON_MODES = ("bitserial",)
+NEURON_MODES = ("bitserial", "rate")
+METHODS = {"bitserial": "bitserial", "qcfs": "rate", "deng-gu": "rate", "data-driven": "rate",
+           "srp": "rate"}
 
 
 def signed_bits(magnitude: int) -> int:
@@ -78,6 +95,7 @@ class Layer:
     threshold: np.ndarray | None = None
     unit: float = 1.0
     source: str = ""
+    v_init: np.ndarray | None = None
 
     @property
     def out_channels(self) -> int:
@@ -92,13 +110,23 @@ class Layer:
             return int(np.prod(self.in_shape))
         return 4
 
-    def acc_magnitude(self, in_max_level: int) -> int:
-        """Worst-case ``|u|`` the accumulator must hold: ``sum|w| * max level + |B|``, or the
-        largest threshold compared against, whichever is larger."""
+    def acc_magnitude(self, in_max_level: int, *, rate_steps: int = 0) -> int:
+        """Worst-case ``|u|`` the accumulator must hold.
+
+        Bit-serial: ``sum|w| * max level + |B|``, or the largest threshold compared against.
+        Rate (``rate_steps = S > 0``): ``S (sum|w| * max input + |B|) + |v_init| + Theta``, since
+        the potential integrates for ``S`` steps (and the output layer sums ``S`` steps).
+        """
         if self.kind == "sumpool2x2":
             return 4 * in_max_level
         per_out = np.abs(self.weights.reshape(self.weights.shape[0], -1)).sum(axis=1)
-        bound = int((per_out * in_max_level + np.abs(self.bias)).max())
+        per_step = per_out * in_max_level + np.abs(self.bias)
+        if rate_steps:
+            bound = int(per_step.max()) * rate_steps
+            if self.fires:
+                bound += int(np.abs(self.v_init).max()) + int(self.threshold.max())
+            return bound
+        bound = int(per_step.max())
         if self.fires:
             bound = max(bound, int(self.threshold.max()) * (self.levels + 1),
                         int(self.threshold.max()) << (self.t_out - 1))
@@ -118,7 +146,12 @@ class Program:
     Members
     -------
     mode : str
-        Neuron mode of the firing layers (``"bitserial"``).
+        Neuron mode of the firing layers (``"bitserial"`` or ``"rate"``).
+    method : str
+        The conversion method (``bitserial``, ``qcfs``, ``deng-gu``, ``data-driven``, ``srp``).
+    t_steps, tau : int
+        Rate mode: time steps ``T`` and SRP probe steps ``tau`` (latency ``tau + T``). Bit-serial:
+        ``t_steps`` is the hidden layers' ``T = ceil(log2(L + 1))`` and ``tau`` is 0.
     input : InputSpec
     layers : list of Layer
     weight_bits : int
@@ -133,6 +166,9 @@ class Program:
     input: InputSpec
     layers: list[Layer]
     weight_bits: int
+    method: str = "bitserial"
+    t_steps: int = 0
+    tau: int = 0
     meta: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     format_version: int = PROGRAM_FORMAT_VERSION
@@ -141,11 +177,38 @@ class Program:
     def classes(self) -> int:
         return self.layers[-1].out_shape[0]
 
+    @property
+    def rate_steps(self) -> int:
+        """Steps every rate-mode layer runs (``tau + t_steps``); 0 in bit-serial mode."""
+        return self.tau + self.t_steps if self.mode == "rate" else 0
+
+    @property
+    def latency(self) -> int:
+        """Time steps per layer as the papers count them: ``tau + T`` (rate) or ``T``."""
+        return self.rate_steps if self.mode == "rate" else self.t_steps
+
+    def input_maxima(self) -> list[int]:
+        """Largest value one input of each layer carries in one accumulation step.
+
+        Bit-serial: the largest ``T_in``-bit level (``2^T_in - 1``). Rate: the first layer's
+        pixels (its current is one bit-serial accumulation), then the per-step spike count
+        (1, or 4 per 2x2 pooling).
+        """
+        if self.mode == "bitserial":
+            return [2**lay.t_in - 1 for lay in self.layers]
+        out, prev = [], 2**self.input.t - 1
+        for lay in self.layers:
+            out.append(prev)
+            prev = lay.levels
+        return out
+
     def requirements(self) -> dict:
         """The engine parameters this Program needs (recorded in the bundle's manifest)."""
-        acc = max(signed_bits(lay.acc_magnitude(2**lay.t_in - 1)) for lay in self.layers)
+        acc = max(signed_bits(lay.acc_magnitude(m, rate_steps=self.rate_steps))
+                  for lay, m in zip(self.layers, self.input_maxima(), strict=True))
         biases = [int(np.abs(lay.bias).max()) for lay in self.layers if lay.bias is not None]
         thresholds = [int(lay.threshold.max()) for lay in self.layers if lay.threshold is not None]
+        v_inits = [int(np.abs(lay.v_init).max()) for lay in self.layers if lay.v_init is not None]
         return {
             "mode": self.mode,
             "weight_bits": self.weight_bits,
@@ -153,6 +216,9 @@ class Program:
             "bias_bits": signed_bits(max(biases, default=0)),
             "threshold_bits": unsigned_bits(max(thresholds, default=1)),
             "max_t": max(max(lay.t_in, lay.t_out) for lay in self.layers),
+            "v_init_words": sum(lay.v_init.size for lay in self.layers
+                                if lay.v_init is not None),
+            "v_init_bits": signed_bits(max(v_inits, default=0)) if self.mode == "rate" else 0,
             "max_neurons": max(int(np.prod(s)) for lay in self.layers
                                for s in (lay.in_shape, lay.out_shape)),
             "max_channels": max(lay.out_channels for lay in self.layers),
@@ -171,6 +237,14 @@ class Program:
                                f"(this bitspike reads {PROGRAM_FORMAT_VERSION})")
         if self.mode not in NEURON_MODES:
             raise ProgramError(f"unknown neuron mode {self.mode!r}; known: {NEURON_MODES}")
+        if METHODS.get(self.method) != self.mode:
+            raise ProgramError(f"method {self.method!r} is not a {self.mode} method; known: "
+                               f"{', '.join(f'{k} ({v})' for k, v in METHODS.items())}")
+        if self.mode == "rate" and (self.t_steps < 1 or self.tau < 0):
+            raise ProgramError(f"rate mode needs t_steps >= 1 and tau >= 0, not "
+                               f"{self.t_steps} and {self.tau}")
+        if self.tau and self.method != "srp":
+            raise ProgramError("only the srp method has probe steps (tau)")
         if not self.layers:
             raise ProgramError("a Program needs at least one layer")
         if not 2 <= self.weight_bits <= 32:
@@ -204,9 +278,10 @@ class Program:
                 if lay.weights is not None or lay.bias is not None or lay.threshold is not None:
                     raise ProgramError(f"{where}: a sum-pooling layer has no weights, bias or "
                                        "threshold")
-                if lay.t_out != t + 2 or lay.levels != 4 * prev_levels:
-                    raise ProgramError(f"{where}: sum pooling must send T_in + 2 = {t + 2} steps "
-                                       f"and levels up to {4 * prev_levels}")
+                t_pool = t if self.mode == "rate" else t + 2
+                if lay.t_out != t_pool or lay.levels != 4 * prev_levels:
+                    raise ProgramError(f"{where}: sum pooling must send {t_pool} steps and "
+                                       f"levels up to {4 * prev_levels}")
             else:
                 wshape = ((c_out, in_shape[0], 3, 3) if lay.kind == "conv3x3"
                           else (c_out, int(np.prod(in_shape))))
@@ -221,13 +296,24 @@ class Program:
                     if lay.threshold is None or lay.threshold.shape != (c_out,):
                         raise ProgramError(f"{where}: threshold must have shape ({c_out},)")
                     if lay.threshold.min() < 1:
-                        raise ProgramError(f"{where}: threshold steps D must be >= 1")
-                    if not 1 <= lay.levels <= 2**lay.t_out - 1:
-                        raise ProgramError(f"{where}: levels {lay.levels} do not fit "
-                                           f"{lay.t_out} time steps")
+                        raise ProgramError(f"{where}: thresholds must be >= 1")
+                    if self.mode == "bitserial":
+                        if not 1 <= lay.levels <= 2**lay.t_out - 1:
+                            raise ProgramError(f"{where}: levels {lay.levels} do not fit "
+                                               f"{lay.t_out} time steps")
+                        if lay.v_init is not None:
+                            raise ProgramError(f"{where}: bit-serial layers have no v_init")
+                    else:
+                        if lay.levels != 1 or lay.t_out != self.rate_steps:
+                            raise ProgramError(f"{where}: a rate layer emits one spike per step "
+                                               f"for {self.rate_steps} steps")
+                        if lay.v_init is None or lay.v_init.shape != (c_out,):
+                            raise ProgramError(f"{where}: v_init must have shape ({c_out},)")
                 elif lay.threshold is not None or lay.t_out != 0 or lay.levels != 0:
                     raise ProgramError(f"{where}: the output layer has no threshold, t_out 0 and "
                                        "levels 0")
+            if self.mode == "rate" and i == 0 and lay.kind == "sumpool2x2":
+                raise ProgramError(f"{where}: the first layer must be a conv or dense layer")
             shape, t, prev_levels = tuple(lay.out_shape), lay.t_out, lay.levels
 
     @staticmethod
@@ -260,6 +346,8 @@ class Program:
     def summary(self) -> dict:
         """JSON-ready description without the arrays."""
         return {"format_version": self.format_version, "mode": self.mode,
+                "method": self.method, "t_steps": self.t_steps, "tau": self.tau,
+                "latency": self.latency,
                 "input": {"shape": list(self.input.shape), "max_level": self.input.max_level,
                           "t": self.input.t},
                 "weight_bits": self.weight_bits, "classes": self.classes,
