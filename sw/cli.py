@@ -71,37 +71,41 @@ def cmd_train(args) -> int:
 
 
 def _convert(args, path: str):
-    from .checkpoint import load_checkpoint
-    from .convert import convert_model
-    from .data import load_dataset
-    from .models import ARCHS
+    from .pipeline import convert_checkpoint
 
-    model, meta = load_checkpoint(path, arch=args.arch, levels=args.levels)
-    norm = meta.normalization
-    if norm is None:
-        if meta.dataset is None and getattr(args, "dataset", None) is None:
-            raise BitspikeError(f"{path} records no input normalization: pass --dataset")
-        norm = load_dataset(meta.dataset or args.dataset).normalization
-    program = convert_model(model, input_shape=ARCHS[meta.arch].input_shape, normalization=norm,
-                            weight_bits=args.weight_bits, acc_bits=args.acc_bits,
-                            meta={"arch": meta.arch, "levels": meta.levels,
-                                  "dataset": meta.dataset or getattr(args, "dataset", None),
-                                  "split_seed": meta.split_seed, "checkpoint": str(path),
-                                  "checkpoint_sha256": meta.sha256})
-    return model, meta, program
+    return convert_checkpoint(path, method=args.method, steps=args.steps, tau=args.tau,
+                              weight_bits=args.weight_bits, acc_bits=args.acc_bits,
+                              arch=args.arch, levels=args.levels, activation=args.activation,
+                              dataset=args.dataset)
+
+
+def _describe(program, source: str) -> str:
+    if program.mode == "bitserial":
+        return (f"method bitserial on a {source} source: T = {program.t_steps} steps per layer, "
+                "deferred fire/reset")
+    probe = f" + tau = {program.tau} probe steps" if program.tau else ""
+    return (f"method {program.method} on a {source} source: rate-coded IF, T = "
+            f"{program.t_steps}{probe} (latency {program.latency} steps)")
+
+
+def _span(values) -> str:
+    if values is None:
+        return "-"
+    lo, hi = int(values.min()), int(values.max())
+    return str(lo) if lo == hi else f"{lo}..{hi}"
 
 
 def _program_table(program) -> str:
+    rate = program.mode == "rate"
+    thr = "Theta" if rate else "D"
     rows = [f"{'layer':<7} {'kind':<11} {'in':<12} {'out':<12} {'T_in':>4} {'T_out':>5} "
-            f"{'L':>4} {'D':>10} {'|B|max':>7}"]
+            f"{'L':>4} {thr:>10} {'|B|max':>7}" + (f" {'V0':>10}" if rate else "")]
     for lay in program.layers:
-        d = "-" if lay.threshold is None else (
-            str(int(lay.threshold[0])) if (lay.threshold == lay.threshold[0]).all()
-            else f"{int(lay.threshold.min())}..{int(lay.threshold.max())}")
         b = "-" if lay.bias is None else str(int(abs(lay.bias).max()))
         rows.append(f"{lay.name:<7} {lay.kind:<11} {'x'.join(map(str, lay.in_shape)):<12} "
                     f"{'x'.join(map(str, lay.out_shape)):<12} {lay.t_in:>4} {lay.t_out:>5} "
-                    f"{lay.levels:>4} {d:>10} {b:>7}")
+                    f"{lay.levels:>4} {_span(lay.threshold):>10} {b:>7}"
+                    + (f" {_span(lay.v_init):>10}" if rate else ""))
     return "\n".join(rows)
 
 
@@ -109,14 +113,16 @@ def cmd_convert(args) -> int:
     from .images import write_bundle
 
     t0 = time.perf_counter()
-    _, _, program = _convert(args, args.checkpoint)
+    conv = _convert(args, args.checkpoint)
+    program = conv.program
     manifest = write_bundle(program, args.out)
     seconds = time.perf_counter() - t0
     req = manifest["requirements"]
     notes = "".join(f"\nnote: {n}" for n in program.notes)
-    _emit(args, {"bundle": str(args.out), "seconds": round(seconds, 3),
+    _emit(args, {"bundle": str(args.out), "seconds": round(seconds, 3), "source": conv.source,
                  "program": program.summary()},
-          f"{_program_table(program)}\n\nneeds: {req['weight_bits']}-bit weights, "
+          f"{_describe(program, conv.source)}\n{_program_table(program)}\n\n"
+          f"needs: {req['weight_bits']}-bit weights, "
           f"{req['acc_bits']}-bit accumulators, T up to {req['max_t']}, "
           f"{req['weight_words']} weight words\nwrote {args.out}/ ({len(manifest['sha256'])} "
           f"files + manifest.json) in {seconds:.2f} s{notes}")
@@ -131,12 +137,16 @@ def _format_eval(report, source: str) -> str:
     lines = [f"{source}: {report.images} test images of {report.dataset}"]
     if report.float_accuracy is not None:
         lines.append(f"  float ANN accuracy     {_pct(report.float_accuracy)}")
+    if report.float_snn_accuracy is not None:
+        lines.append(f"  float SNN accuracy     {_pct(report.float_snn_accuracy)}")
     lines.append(f"  integer model accuracy {_pct(report.int_accuracy)}")
     if report.float_accuracy is not None:
-        gap = 100 * (report.float_accuracy - report.int_accuracy)
-        lines.append(f"  gap (float - int)      {gap:+.2f} points; classes agree on "
-                     f"{_pct(report.class_agreement)}")
-        lines.append("  per-layer level mismatch (float ANN vs integer model):")
+        ref = report.float_snn_accuracy if report.float_snn_accuracy is not None else \
+            report.float_accuracy
+        what = "float SNN" if report.float_snn_accuracy is not None else "float"
+        lines.append(f"  gap ({what} - int)  {100 * (ref - report.int_accuracy):+.2f} points; "
+                     f"classes agree on {_pct(report.class_agreement)}")
+        lines.append(f"  per-layer mismatch ({report.compared}):")
         for m in report.layers:
             lines.append(f"    {m.name:<7} {m.neurons:>6} neurons  {100 * m.mismatched:6.2f} % "
                          f"differ  mean |diff| {m.mean_abs_diff:.4f}  max {m.max_abs_diff}")
@@ -155,12 +165,17 @@ def cmd_eval(args) -> int:
         program = read_bundle(target)
         report = evaluate_program(program, dataset_for(program.meta))
     else:
-        model, meta, program = _convert(args, str(target))
-        report = compare_float_int(model, program, dataset_for(program.meta))
-    result = {"target": str(target), "backend": args.backend,
-              "accuracy": report.float_accuracy if args.backend == "float"
+        conv = _convert(args, str(target))
+        program = conv.program
+        report = compare_float_int(conv.model, program, dataset_for(program.meta),
+                                   float_program=conv.float_program)
+    result = {"target": str(target), "backend": args.backend, "method": program.method,
+              "t_steps": program.t_steps, "tau": program.tau, "latency": program.latency,
+              "accuracy": (report.float_snn_accuracy if report.float_snn_accuracy is not None
+                           else report.float_accuracy) if args.backend == "float"
               else report.int_accuracy, **report.to_dict()}
-    _emit(args, result, _format_eval(report, str(target)))
+    _emit(args, result, _format_eval(report, f"{target} ({program.method}, latency "
+                                             f"{program.latency})"))
     return 0
 
 
@@ -196,7 +211,9 @@ def cmd_doctor(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .models import ARCHS
+    from .program import METHODS
     from .qcfs import ACTIVATIONS
+    from .rate import DEFAULT_TAU
 
     p = argparse.ArgumentParser(
         prog="bitspike",
@@ -208,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print one JSON object on stdout instead of text")
 
     def width_args(sp):
+        sp.add_argument("--method", choices=list(METHODS), default="bitserial",
+                        help="conversion: bitserial (exact, T = ceil(log2(L+1))), or a rate-coded "
+                             "IF method: qcfs, deng-gu, data-driven, srp (default: bitserial)")
+        sp.add_argument("--steps", type=int, default=None, metavar="T",
+                        help="time steps T (rate methods; default: L)")
+        sp.add_argument("--tau", type=int, default=None, metavar="N",
+                        help=f"srp probe steps before the T steps (default: {DEFAULT_TAU})")
+        sp.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                        help="source activation of a bare state_dict (default: qcfs)")
         sp.add_argument("--weight-bits", type=int, default=8, metavar="N",
                         help="signed weight width (default: 8)")
         sp.add_argument("--acc-bits", type=int, default=32, metavar="N",
@@ -293,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bitspike ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

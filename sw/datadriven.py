@@ -31,7 +31,7 @@ the empirical distribution of the layer's activations::
 :func:`conversion_error` computes it. (Eq. 14 in the supplement writes the same thing as a sum;
 the minimizer is the same.)
 
-Searches (all exact minimizers of ``C_1`` on the given values):
+Searches (minimizers of ``C_1`` on the given values):
 
 * ``T = 1``: :func:`optimal_threshold_t1`, Algorithm 1 / Theorem 4.2. The neuron fires iff
   ``a >= theta - v0``, so a choice is a cut ``c`` (the fire set ``{a >= c}``) and a threshold. For
@@ -45,9 +45,10 @@ Searches (all exact minimizers of ``C_1`` on the given values):
   ``E(theta)`` is then continuous and piecewise linear, and its minima lie at the thresholds that
   put a data value exactly on a level: ``theta = T * a_i / j``, ``j = 1..T``. The paper's
   Algorithm 2 scans only ``j = T`` (``theta = a_i``, and only ``i`` in ``N/2..N-5``), which can
-  miss the optimum for ``T > 1``; the default here scans all ``T * N`` candidates with one sorted
-  sweep over the breakpoints of ``E`` (O(N T log(N T)) time, O(N T) memory). ``candidates="data"``
-  restricts the scan to ``theta = a_i`` as in the paper (all ``i``, no index window).
+  miss the optimum for ``T > 1``; the default (``candidates="levels"``) scans all ``T * N``
+  candidates with one sorted sweep over the breakpoints of ``E`` (O(N T log(N T)) time, O(N T)
+  memory; thinned above 2**21 ``N T``). ``candidates="data"`` restricts the scan to
+  ``theta = a_i`` as in the paper (all ``i``, no index window).
 
 :func:`calibrate` is the per-layer wrapper for a calibration pass over training data.
 """
@@ -68,6 +69,8 @@ __all__ = [
 
 # after the breakpoint sweep, this many of the best kinks are re-scored exactly
 _REFINE = 16
+# most breakpoints (2 T N) swept at once; above it the sweep ranks on a thinned copy
+_SWEEP_BUDGET = 1 << 22
 # candidate thresholds scored per block by the prefix-sum evaluator
 _BLOCK = 1 << 15
 
@@ -244,40 +247,44 @@ def _nearest_level_error_sums(x: np.ndarray, prefix: np.ndarray, thetas: np.ndar
     return out
 
 
-def _exact_threshold_sweep(x: np.ndarray, prefix: np.ndarray, T: int) -> float:
-    """Global minimizer over theta of ``E(theta)`` with ``v0 = theta / 2`` (x > 0, sorted).
+def _level_threshold_sweep(x: np.ndarray, prefix: np.ndarray, T: int) -> float:
+    """Minimizer over theta of ``E(theta)`` with ``v0 = theta / 2`` (x > 0, sorted).
 
     For one value ``x > 0``, ``|x - phi(x)|`` as a function of theta has slope ``-1`` for small
     theta; at ``theta = T x / j`` (x lies on level j) the slope rises by ``2 j / T``; at
     ``theta = 2 T x / (2 j - 1)`` (x leaves level j for level j - 1) it falls by
     ``(2 j - 1) / T``. Sorting all these breakpoints and integrating the slope gives E at every
-    breakpoint; the minimum is at one of the ``T x / j`` kinks.
+    breakpoint; the minimum is at one of the ``T x / j`` kinks. The best kinks of the sweep are
+    re-scored exactly on all of ``x``. Above ``_SWEEP_BUDGET`` breakpoints the sweep runs on every
+    k-th sorted value (it then only ranks candidates; the re-scoring still uses all values).
     """
-    n = x.size
+    thin = max(1, -(-2 * x.size * T // _SWEEP_BUDGET))
+    xs = x if thin == 1 else x[thin // 2::thin]
+    n = xs.size
     j = np.arange(1, T + 1)
-    # row r < T: kinks theta = T x / j (slope +2j/T); row T + r: edges 2 T x / (2j - 1)
+    # rows 0..T-1: kinks theta = T x / j (slope +2j/T); rows T..2T-1: edges 2 T x / (2j - 1)
     factors = np.concatenate((T / j, 2.0 * T / (2 * j - 1)))
-    dslope = np.concatenate((2 * j, -(2 * j - 1))).astype(np.int64)  # in units of 1/T, exact
-    where = (factors[:, None] * x[None, :]).ravel()
+    dslope = np.concatenate((2 * j, -(2 * j - 1))).astype(np.int32)  # in units of 1/T: exact
+    where = (factors[:, None] * xs[None, :]).ravel()
     order = np.argsort(where, kind="stable")
     where = where[order]
-    row = order // n
+    slope = np.cumsum(np.repeat(dslope, n)[order], dtype=np.int64)
+    slope -= n * T  # slope * T just after each breakpoint
+    is_kink = order < T * n
     del order
-    slope = np.cumsum(dslope[row]) - n * T  # slope * T just after each breakpoint
     err = np.empty(where.size)
-    err[0] = prefix[-1] - n * where[0]  # every x on level T: error x - theta
+    err[0] = 0.0  # relative to E(min x), where every x is on level T
     np.cumsum(slope[:-1] * np.diff(where), out=err[1:])
-    err[1:] = err[0] + err[1:] / T
-    is_kink = row < T
     cand = np.flatnonzero(is_kink)
-    if cand.size > _REFINE:
-        cand = cand[np.argpartition(err[cand], _REFINE)[:_REFINE]]
+    keep = _REFINE if thin == 1 else 4 * _REFINE
+    if cand.size > keep:
+        cand = cand[np.argpartition(err[cand], keep)[:keep]]
     thetas = np.unique(where[cand])
     exact = _nearest_level_error_sums(x, prefix, thetas, T)
     return float(thetas[int(np.argmin(exact))])
 
 
-def optimal_threshold(a_sorted, T: int, *, candidates: str = "exact") -> tuple[float, float]:
+def optimal_threshold(a_sorted, T: int, *, candidates: str = "levels") -> tuple[float, float]:
     """Optimal threshold and initial potential for latency ``T`` (Algorithms 1 and 2).
 
     Parameters
@@ -286,11 +293,12 @@ def optimal_threshold(a_sorted, T: int, *, candidates: str = "exact") -> tuple[f
         1-D activation values in non-decreasing order, ``>= 0``, at least one ``> 0``.
     T : int
         Latency, ``T >= 1``. ``T = 1`` dispatches to :func:`optimal_threshold_t1`.
-    candidates : {"exact", "data"}, optional
-        Threshold candidates scanned for ``T > 1``. ``"exact"`` (default): every
-        ``T * a_i / j``, ``j = 1..T``, which contains the global minimizer of ``C_1``.
-        ``"data"``: only ``theta = a_i`` (the paper's Algorithm 2 candidate set, without its
-        ``N/2..N-5`` index window); can be worse than ``"exact"``. Ignored for ``T = 1``.
+    candidates : {"levels", "data"}, optional
+        Threshold candidates scanned for ``T > 1``. ``"levels"`` (default): every threshold that
+        puts a value exactly on a level, ``T * a_i / j`` for ``j = 1..T``; this set contains the
+        global minimizer of ``C_1``. ``"data"``: only ``theta = a_i`` (the candidate set of the
+        paper's Algorithm 2, without its ``N/2..N-5`` index window); it can miss the optimum.
+        Ignored for ``T = 1``.
 
     Returns
     -------
@@ -304,11 +312,16 @@ def optimal_threshold(a_sorted, T: int, *, candidates: str = "exact") -> tuple[f
     For ``T > 1`` this is Algorithm 2 with ``E(theta) = N * C_1(theta, theta / 2, T)``. With
     ``v0 = theta / 2`` each value goes to its nearest level ``k theta / T`` (``k = 0..T``), which
     for a fixed theta is the best any ``v0`` can do; ``E`` is continuous and piecewise linear in
-    theta with its local minima at ``theta = T a_i / j``, so the ``"exact"`` scan finds the
-    global minimum of ``C_1`` over all ``(theta, v0)``. It is computed by one sorted sweep over
-    the ``2 T N`` breakpoints of ``E`` (O(N T log(N T))); the 16 best kinks are re-scored
-    exactly. ``"data"`` scores each ``a_i`` with prefix sums and binary searches
-    (O(N T log N)), instead of the paper's one pass over the array per candidate.
+    theta with its local minima at ``theta = T a_i / j``, so scanning those finds the global
+    minimum of ``C_1`` over all ``(theta, v0)``.
+
+    ``"levels"`` evaluates ``E`` at all ``T N`` kinks in one sorted sweep over the ``2 T N``
+    breakpoints of ``E`` (O(N T log(N T)) time, O(N T) memory), then re-scores the 16 best
+    exactly. Above 2**22 breakpoints (N T > 2**21) the sweep ranks the candidates of every
+    k-th sorted value only and the 64 best are re-scored on all values, which bounds the cost
+    for large ``T`` but is no longer guaranteed to hit the exact minimizer (it lands next to it).
+    ``"data"`` scores each ``a_i`` with prefix sums and binary searches (O(N T log N)) instead of
+    the paper's one pass over the array per candidate.
 
     Raises
     ------
@@ -316,15 +329,15 @@ def optimal_threshold(a_sorted, T: int, *, candidates: str = "exact") -> tuple[f
         As :func:`optimal_threshold_t1`, or for a bad ``T`` or ``candidates``.
     """
     T = _check_steps(T)
-    if candidates not in ("exact", "data"):
-        raise ValueError(f'candidates must be "exact" or "data", not {candidates!r}')
+    if candidates not in ("levels", "data"):
+        raise ValueError(f'candidates must be "levels" or "data", not {candidates!r}')
     if T == 1:
         return optimal_threshold_t1(a_sorted)
     a = _sorted_activations(a_sorted)
     x = a[np.searchsorted(a, 0.0, side="right"):]  # zeros sit on level 0 for every theta
     prefix = np.concatenate(([0.0], np.cumsum(x)))
-    if candidates == "exact":
-        theta = _exact_threshold_sweep(x, prefix, T)
+    if candidates == "levels":
+        theta = _level_threshold_sweep(x, prefix, T)
     else:
         thetas = np.unique(x)
         theta = float(thetas[int(np.argmin(_nearest_level_error_sums(x, prefix, thetas, T)))])
@@ -371,9 +384,9 @@ def calibrate(
 
     Notes
     -----
-    ``T = 1``: Algorithm 1 (:func:`optimal_threshold_t1`); ``T > 1``: Algorithm 2 with the exact
-    candidate set (:func:`optimal_threshold`). Cost after subsampling: a sort, then O(N) for
-    ``T = 1`` or O(N T log(N T)) for ``T > 1``.
+    ``T = 1``: Algorithm 1 (:func:`optimal_threshold_t1`); ``T > 1``: Algorithm 2 over the
+    ``"levels"`` candidate set (:func:`optimal_threshold`). Cost after subsampling: a sort, then
+    O(N) for ``T = 1`` or O(N T log(N T)) for ``T > 1``.
     """
     T = _check_steps(T)
     if max_samples is not None and (

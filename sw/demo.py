@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .convert import convert_model
 from .data import load_dataset
 from .errors import BitspikeError
 from .evaluate import compare_float_int
 from .images import read_bundle, write_bundle
-from .models import ARCHS
+from .pipeline import convert_with
 from .train import TrainConfig, train
 
 DEMO_CONFIG = TrainConfig(arch="digits-cnn", levels=15)
@@ -55,11 +54,7 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
         trained = False
     t_train = time.perf_counter() - t0
     t1 = time.perf_counter()
-    program = convert_model(model, input_shape=ARCHS[cfg.arch].input_shape,
-                            normalization=meta.normalization,
-                            meta={"arch": meta.arch, "levels": meta.levels, "dataset": "digits",
-                                  "split_seed": meta.split_seed, "checkpoint": str(ckpt),
-                                  "checkpoint_sha256": meta.sha256})
+    program = convert_with(model, meta, data=data, checkpoint=str(ckpt)).program
     bundle = out / "prog"
     write_bundle(program, bundle)
     program = read_bundle(bundle)  # evaluate what was written, verified

@@ -39,10 +39,13 @@ class EvalReport:
     float_accuracy: float | None = None
     class_agreement: float | None = None
     layers: list[LayerMismatch] = field(default_factory=list)
+    float_snn_accuracy: float | None = None
+    compared: str = ""
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "images": self.images,
                 "int_accuracy": self.int_accuracy, "float_accuracy": self.float_accuracy,
+                "float_snn_accuracy": self.float_snn_accuracy, "compared": self.compared,
                 "accuracy_gap_points": (None if self.float_accuracy is None else
                                         round(100 * (self.float_accuracy - self.int_accuracy), 4)),
                 "class_agreement": self.class_agreement,
@@ -89,16 +92,41 @@ def evaluate_program(program: Program, data: DatasetSplit) -> EvalReport:
     return EvalReport(data.name, len(data.y_test), acc)
 
 
+def _accuracy(classes: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((classes == labels).double().mean())
+
+
 @torch.no_grad()
-def compare_float_int(model: nn.Module, program: Program, data: DatasetSplit) -> EvalReport:
-    """Both accuracies, class agreement and the per-layer level mismatch on the test split."""
+def compare_float_int(model: nn.Module, program: Program, data: DatasetSplit, *,
+                      float_program: Program | None = None) -> EvalReport:
+    """Accuracies, class agreement and the per-layer mismatch on the test split.
+
+    Bit-serial: the float ANN's QCFS levels against the integer model's levels (the float SNN
+    *is* the ANN here). Rate mode (``float_program`` = the unrounded twin from
+    :func:`bitspike.sw.rate.quantize_rate`): also the float SNN's accuracy, and per layer the
+    spike counts of the float SNN against the integer SNN's (weight rounding only).
+    """
     x = data.x_test
     logits, fl = float_levels(model, data.normalization.apply(x))
     r = run_program(program, x)
-    report = EvalReport(data.name, len(data.y_test),
-                        float((r.classes == data.y_test).double().mean()),
-                        float((logits.argmax(1) == data.y_test).double().mean()),
-                        float((logits.argmax(1) == r.classes).double().mean()))
+    ann_classes = logits.argmax(1)
+    if float_program is not None:
+        rf = run_program(float_program, x)
+        report = EvalReport(data.name, len(data.y_test), _accuracy(r.classes, data.y_test),
+                            _accuracy(ann_classes, data.y_test),
+                            _accuracy(rf.classes, r.classes),
+                            float_snn_accuracy=_accuracy(rf.classes, data.y_test),
+                            compared="spike counts, float SNN vs integer SNN")
+        for layer, got, ref in zip(program.layers, r.levels, rf.levels, strict=True):
+            if layer.fires:
+                diff = (ref.round().to(torch.int64) - got).abs()
+                report.layers.append(LayerMismatch(
+                    layer.name, int(got[0].numel()), float((diff > 0).double().mean()),
+                    float(diff.double().mean()), int(diff.max())))
+        return report
+    report = EvalReport(data.name, len(data.y_test), _accuracy(r.classes, data.y_test),
+                        _accuracy(ann_classes, data.y_test), _accuracy(ann_classes, r.classes),
+                        compared="levels, float ANN vs integer model")
     prev = None
     for layer, int_levels in zip(program.layers, r.levels, strict=True):
         if not layer.fires:

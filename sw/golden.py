@@ -203,6 +203,8 @@ def run_rate(program: Program, inputs: torch.Tensor, *, trace: bool = False) -> 
             logits = sum(add + bias for add in steps_add[tau:])
             levels.append(logits)
             spikes.append(None)
+            srp_masks.append(None)
+            residuals.append(None)
             if trace:
                 accs.append(None)
             continue
