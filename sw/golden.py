@@ -107,31 +107,89 @@ def _channel_view(v: np.ndarray, out_shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(v.astype(dtype)).view(view)
 
 
-def run_layer(layer: Layer, levels_in: torch.Tensor, *, trace: bool = False):
-    """Run one layer on input levels; return ``(levels_out, spikes_out, acc_trace)``."""
+@dataclass(frozen=True)
+class Ablation:
+    """Switches for the bit-serial ablation (the seed's Table 4); all on = the exact scheme.
+
+    ``left_shift``
+        Off: the receiver adds every input bit plane with the same weight (no ``acc << 1``).
+    ``bias_once``
+        Off: ``B`` is added at every input step inside the accumulation (so it is counted
+        ``2^T_in - 1`` times with the shift), instead of once before firing.
+    ``deferred``
+        Off: output bit ``t`` is decided at input step ``t`` from the partial sum (the input bits
+        not yet arrived taken as 0), instead of after all input steps.
+    """
+
+    left_shift: bool = True
+    bias_once: bool = True
+    deferred: bool = True
+
+    @property
+    def exact(self) -> bool:
+        return self.left_shift and self.bias_once and self.deferred
+
+    def label(self) -> str:
+        return ", ".join(f"{name} {'on' if getattr(self, name) else 'off'}"
+                         for name in ("left_shift", "bias_once", "deferred"))
+
+
+EXACT = Ablation()
+
+
+def run_layer(layer: Layer, levels_in: torch.Tensor, *, trace: bool = False,
+              ablation: Ablation = EXACT):
+    """Run one bit-serial layer on input levels; return ``(levels_out, spikes_out, acc_trace)``."""
     weights = (torch.from_numpy(layer.weights).to(torch.float64)
                if layer.weights is not None else None)
+    pool = layer.kind == "sumpool2x2"
+    bias = None if pool else _channel_view(layer.bias, layer.out_shape)
     planes = bit_planes(levels_in, layer.t_in)
     acc = None
     steps = []
     for t in range(layer.t_in):
         add = _synaptic_sum(layer, planes[:, t], weights)
-        acc = add if acc is None else (acc << 1) + add
-        if trace:
-            steps.append(acc)
+        if not ablation.bias_once and bias is not None:
+            add = add + bias
+        if acc is None:
+            acc = add
+        else:
+            acc = ((acc << 1) if ablation.left_shift else acc) + add
+        steps.append(acc)
     acc_trace = torch.stack(steps, dim=1) if trace else None
-    if layer.kind == "sumpool2x2":
-        u0, threshold = acc, torch.ones((), dtype=torch.int64)
+    once = bias if (ablation.bias_once and bias is not None) else 0
+    if not pool and not layer.fires:
+        return acc + once, None, acc_trace
+    threshold = (torch.ones((), dtype=torch.int64) if pool
+                 else _channel_view(layer.threshold, layer.out_shape))
+    if ablation.deferred:
+        spikes = successive_approximation(acc + once, threshold, layer.t_out, layer.levels)
     else:
-        u0 = acc + _channel_view(layer.bias, layer.out_shape)
-        if not layer.fires:
-            return u0, None, acc_trace
-        threshold = _channel_view(layer.threshold, layer.out_shape)
-    spikes = successive_approximation(u0, threshold, layer.t_out, layer.levels)
+        spikes = _early_firing(steps, once, threshold, layer, ablation.left_shift)
     weights_of_bits = (1 << torch.arange(layer.t_out - 1, -1, -1, dtype=torch.int64))
     view = [1, layer.t_out] + [1] * (spikes.dim() - 2)
     levels = (spikes.to(torch.int64) * weights_of_bits.view(view)).sum(dim=1)
     return levels, spikes, acc_trace
+
+
+def _early_firing(partials, once, threshold, layer: Layer, left_shift: bool) -> torch.Tensor:
+    """Non-deferred firing (ablation): bit ``t`` from the partial sum after input step ``t``."""
+    emitted = torch.zeros_like(partials[-1])
+    bits = []
+    for t in range(layer.t_out):
+        j = min(t, layer.t_in - 1)
+        partial = partials[j] << (layer.t_in - 1 - j) if left_shift else partials[j]
+        thr = threshold << (layer.t_out - 1 - t)
+        s = partial + once - emitted >= thr
+        emitted = emitted + s.to(emitted.dtype) * thr
+        bits.append(s)
+    out = torch.stack(bits, dim=1).to(torch.uint8)
+    if layer.levels < 2**layer.t_out - 1:  # keep the clip at L
+        over = (out.to(torch.int64) * (1 << torch.arange(layer.t_out - 1, -1, -1)).view(
+            [1, -1] + [1] * (out.dim() - 2))).sum(dim=1) > layer.levels
+        out = torch.where(over.unsqueeze(1),
+                          bit_planes(torch.full_like(emitted, layer.levels), layer.t_out), out)
+    return out
 
 
 def check_input(program: Program, levels: torch.Tensor) -> torch.Tensor:
@@ -259,18 +317,22 @@ def integrate_and_fire(adds: torch.Tensor, *, bias, threshold, v_init, tau: int 
 
 
 @torch.no_grad()
-def run_program(program: Program, inputs: torch.Tensor, *, trace: bool = False) -> GoldenResult:
+def run_program(program: Program, inputs: torch.Tensor, *, trace: bool = False,
+                ablation: Ablation = EXACT) -> GoldenResult:
     """Run the golden model on a batch of input levels ``(N, *input.shape)``.
 
-    Bit-serial Programs run the bit-serial model below; rate Programs :func:`run_rate`.
+    Bit-serial Programs run the bit-serial model below (``ablation`` switches parts of the scheme
+    off for the seed's Table 4); rate Programs :func:`run_rate`.
     """
     if program.mode == "rate":
+        if not ablation.exact:
+            raise BitspikeError("the ablation switches apply to the bit-serial scheme only")
         return run_rate(program, inputs, trace=trace)
     x = check_input(program, inputs)
     levels, spikes, accs = [], [], []
     cur = x
     for layer in program.layers:
-        cur, s, a = run_layer(layer, cur, trace=trace)
+        cur, s, a = run_layer(layer, cur, trace=trace, ablation=ablation)
         levels.append(cur)
         spikes.append(s)
         if trace:
