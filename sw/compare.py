@@ -221,8 +221,8 @@ def write_results(rows: list[Row], ablation: list[dict], out: Path, *, dataset: 
     notes = sorted({f"{r.method} T={r.steps}: {r.note}" for r in rows if r.note})
     if notes:
         lines += ["", "Not run:", ""] + [f"- {n}" for n in notes]
-    lines += ["", "Ablation of the bit-serial scheme (L = %d, T = %d), like the seed's Table 4:"
-              % (levels, ablation[0]["T"]), "",
+    lines += ["", f"Ablation of the bit-serial scheme (L = {levels}, T = {ablation[0]['T']}), "
+              "like the seed's Table 4:", "",
               "| left shift | bias once | deferred fire/reset | accuracy (%) |",
               "|---|---|---|---|"]
     for a in ablation:

@@ -598,9 +598,7 @@ class EnergyReport:
                 "snn_total_pj": t.total_pj, "ann_fp32_pj": t.ann_fp32_pj,
                 "ann_int8_pj": t.ann_int8_pj,
                 "ann_fp32_over_snn_compute": ratio(t.ann_fp32_pj, t.compute_pj),
-                "ann_int8_over_snn_compute": ratio(t.ann_int8_pj, t.compute_pj),
-                "ann_fp32_over_snn_total": ratio(t.ann_fp32_pj, t.total_pj),
-                "ann_int8_over_snn_total": ratio(t.ann_int8_pj, t.total_pj)}
+                "ann_int8_over_snn_compute": ratio(t.ann_int8_pj, t.compute_pj)}
 
     def used_operations(self) -> list[str]:
         ops = list(dict.fromkeys(self.costs.values()))
@@ -708,12 +706,11 @@ def format_table(report: EnergyReport | OpReport) -> str:
         f"(weights {_pj(t.pj['weight_read'])}, events "
         f"{_pj(t.pj['event_read'] + t.pj['event_write'])}, parameters "
         f"{_pj(t.pj['param_read'])}) = {_pj(c['snn_total_pj'])} pJ per inference",
-        f"  ANN, same architecture, compute only: FP32 {_pj(c['ann_fp32_pj'])} pJ "
-        f"({_ratio(c['ann_fp32_over_snn_compute'])} the SNN's compute), INT8 "
-        f"{_pj(c['ann_int8_pj'])} pJ ({_ratio(c['ann_int8_over_snn_compute'])})",
-        f"  with the SNN's memory traffic: FP32 ANN / SNN total "
-        f"{_ratio(c['ann_fp32_over_snn_total'])}, INT8 ANN / SNN total "
-        f"{_ratio(c['ann_int8_over_snn_total'])}",
+        f"  ANN, same architecture, compute only (as in the seed): FP32 {_pj(c['ann_fp32_pj'])}"
+        f" pJ = {_ratio(c['ann_fp32_over_snn_compute'])} the SNN's compute; INT8 "
+        f"{_pj(c['ann_int8_pj'])} pJ = {_ratio(c['ann_int8_over_snn_compute'])}",
+        "  (the ANN's own weight and activation traffic is not modelled: compare compute with "
+        "compute)",
         "",
         f"costs ({report.table.name}; {ops.op_width}-bit ops: accumulate, pool add, bias add and "
         f"subtract = add_{ops.op_width}, shifts = shift_{ops.op_width}, compare = "
@@ -728,62 +725,73 @@ def _ratio(r: float | None) -> str:
 
 
 def plot_energy(report: EnergyReport, path) -> Path:
-    """Stacked bars of energy per layer by kind, with the ANN baseline marked; saves ``path``."""
+    """Stacked bars of energy per layer by kind (nJ), with the ANN baseline marked.
+
+    Left: per layer, compute kinds solid and memory kinds hatched, the source ANN's compute at
+    FP32 and INT8 as markers. Right: totals (SNN compute, SNN compute + memory, ANN INT8 and
+    FP32 compute). Saves a PNG (or any format matplotlib knows from the suffix) at ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    kinds = [k for k in COMPUTE_KINDS + MEMORY_KINDS
-             if any(r.pj[k] for r in report.layers)]
+    nj = 1e-3
+    all_kinds = COMPUTE_KINDS + MEMORY_KINDS
+    kinds = [k for k in all_kinds if any(r.pj[k] for r in report.layers)]
     cmap = plt.get_cmap("tab20")
-    colors = {k: cmap(i) for i, k in enumerate(COMPUTE_KINDS + MEMORY_KINDS)}
+    colors = {k: cmap(i) for i, k in enumerate(all_kinds)}
+    hatch = {k: ("//" if k in MEMORY_KINDS else None) for k in all_kinds}
     names = [r.name for r in report.layers]
     x = np.arange(len(names))
-    fig, (ax, ax_tot) = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(names) + 5), 5.2),
-                                     gridspec_kw={"width_ratios": [max(len(names), 2), 2]})
+    fig, (ax, ax_tot) = plt.subplots(1, 2, figsize=(max(9.0, 1.2 * len(names) + 6), 6.0),
+                                     gridspec_kw={"width_ratios": [max(len(names), 3), 3]})
     bottom = np.zeros(len(names))
     for k in kinds:
-        vals = np.array([r.pj[k] for r in report.layers])
-        ax.bar(x, vals, 0.6, bottom=bottom, color=colors[k], label=KIND_LABELS[k])
+        vals = np.array([r.pj[k] for r in report.layers]) * nj
+        ax.bar(x, vals, 0.6, bottom=bottom, color=colors[k], hatch=hatch[k], edgecolor="white",
+               linewidth=0.3, label=KIND_LABELS[k] + (" (memory)" if k in MEMORY_KINDS else ""))
         bottom += vals
-    fp32 = [r.ann_fp32_pj for r in report.layers]
-    int8 = [r.ann_int8_pj for r in report.layers]
-    ax.scatter(x, fp32, marker="_", s=900, linewidths=2.5, color="black", zorder=3,
-               label="ANN FP32 MAC")
-    ax.scatter(x, int8, marker="_", s=900, linewidths=2.5, color="dimgray", linestyle="--",
-               zorder=3, label="ANN INT8 MAC")
+    ax.scatter(x, [r.ann_fp32_pj * nj for r in report.layers], marker="_", s=900,
+               linewidths=2.5, color="black", zorder=3, label="ANN FP32 MAC (compute)")
+    ax.scatter(x, [r.ann_int8_pj * nj for r in report.layers], marker="_", s=900,
+               linewidths=2.5, color="dimgray", zorder=3, label="ANN INT8 MAC (compute)")
     ax.set_xticks(x, names)
-    ax.set_ylabel("energy per inference (pJ)")
+    ax.set_ylabel("energy per inference (nJ)")
     ax.set_xlabel("layer")
-    ax.set_title("per layer, by operation")
+    ax.set_title("SNN per layer, by operation")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
 
     t = report.totals
-    bottom_t = 0.0
-    for k in kinds:
-        ax_tot.bar(0, t.pj[k], 0.6, bottom=bottom_t, color=colors[k])
-        bottom_t += t.pj[k]
-    ax_tot.bar(1, t.ann_int8_pj, 0.6, color="dimgray")
-    ax_tot.bar(2, t.ann_fp32_pj, 0.6, color="black")
-    for i, v in enumerate([t.total_pj, t.ann_int8_pj, t.ann_fp32_pj]):
-        ax_tot.annotate(f"{v / 1000:.1f} nJ", (i, v), ha="center", va="bottom", fontsize=8)
-    ax_tot.set_xticks([0, 1, 2], ["SNN", "ANN\nINT8", "ANN\nFP32"])
-    ax_tot.set_ylabel("energy per inference (pJ)")
+    compute = [k for k in kinds if k in COMPUTE_KINDS]
+    for col, ks in ((0, compute), (1, kinds)):
+        base = 0.0
+        for k in ks:
+            ax_tot.bar(col, t.pj[k] * nj, 0.6, bottom=base, color=colors[k], hatch=hatch[k],
+                       edgecolor="white", linewidth=0.3)
+            base += t.pj[k] * nj
+    ax_tot.bar(2, t.ann_int8_pj * nj, 0.6, color="dimgray")
+    ax_tot.bar(3, t.ann_fp32_pj * nj, 0.6, color="black")
+    for i, v in enumerate([t.compute_pj, t.total_pj, t.ann_int8_pj, t.ann_fp32_pj]):
+        ax_tot.annotate(f"{v * nj:,.1f}", (i, v * nj), ha="center", va="bottom", fontsize=8)
+    ax_tot.set_xticks([0, 1, 2, 3], ["SNN\ncompute", "SNN\n+ memory", "ANN INT8\ncompute",
+                                     "ANN FP32\ncompute"], fontsize=8)
+    ax_tot.set_ylabel("energy per inference (nJ)")
     ax_tot.set_title("total")
     ax_tot.grid(axis="y", alpha=0.3)
     ops = report.ops
     fig.suptitle(f"{ops.source or 'Program'}: {ops.mode}"
-                 f"{'' if ops.mode == 'bitserial' else f' ({ops.method})'}, "
-                 f"{ops.images} images, {ops.op_width}-bit op costs ({report.table.name})",
-                 fontsize=10)
+                 f"{'' if ops.mode == 'bitserial' else f' ({ops.method})'}, latency "
+                 f"{ops.latency}, {ops.images} images, {ops.op_width}-bit op costs; table: "
+                 f"{report.table.name}", fontsize=9)
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise BitspikeError(f"{path}: cannot write the plot ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:
+        raise BitspikeError(f"{path}: cannot write the plot ({e}); give a writable .png "
+                            "path") from None
     finally:
         plt.close(fig)
     return path

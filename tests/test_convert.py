@@ -114,7 +114,7 @@ class _Wrap(nn.Module):
      r"3x3 convolutions with stride 1"),
     ([nn.Conv2d(1, 2, 3, padding=1, stride=2), QCFS(levels=3), nn.Flatten(),
       nn.Linear(32, 10)], r"stride \(2, 2\)"),
-    ([nn.Flatten(), nn.Linear(64, 8), nn.Linear(8, 10)], r"no QCFS activation after it"),
+    ([nn.Flatten(), nn.Linear(64, 8), nn.Linear(8, 10)], r"no activation after it"),
     ([nn.Flatten(), nn.Linear(64, 8), QCFS(levels=3)], r"must end in a Linear layer"),
     ([nn.Flatten(), nn.Linear(64, 8), QCFS(levels=3), nn.Sigmoid(), nn.Linear(8, 10)],
      r"Sigmoid.*supported are"),
