@@ -192,6 +192,33 @@ def cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# compare
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def cmd_compare(args) -> int:
+    from .compare import run_compare
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    result = run_compare(dataset=args.dataset, arch=args.arch, levels=args.levels,
+                         steps=args.steps, methods=methods, tau=args.tau, epochs=args.epochs,
+                         out=Path(args.out), progress=not args.json)
+    text = Path(result["files"]["markdown"]).read_text()
+    _emit(args, result, text + "\nwrote " + ", ".join(result["files"].values()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # doctor
 
 
@@ -300,6 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--retrain", action="store_true", help="ignore a cached model")
     common(sp)
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("compare", help="every conversion method over time steps T",
+                        description="Train the source each method expects, convert with every "
+                                    "method at every T, and write a markdown table, a CSV and "
+                                    "plots (accuracy vs T, accuracy vs energy), plus the "
+                                    "bit-serial ablation.")
+    sp.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    sp.add_argument("--arch", choices=sorted(ARCHS), default="digits-cnn",
+                    help="architecture (default: digits-cnn)")
+    sp.add_argument("--levels", type=int, default=15, metavar="L",
+                    help="QCFS levels of the qcfs/srp source (default: 15)")
+    sp.add_argument("--steps", type=_int_list, default=(1, 2, 3, 4, 6, 8, 16, 32),
+                    metavar="T,T,...", help="time steps (default: 1,2,3,4,6,8,16,32)")
+    sp.add_argument("--methods", default=",".join(METHODS), metavar="M,M,...",
+                    help=f"methods (default: {','.join(METHODS)})")
+    sp.add_argument("--tau", type=int, default=DEFAULT_TAU,
+                    help=f"srp probe steps (default: {DEFAULT_TAU})")
+    sp.add_argument("--epochs", type=int, default=40, help="training epochs per source "
+                    "(default: 40)")
+    sp.add_argument("--out", default="out/compare", help="output folder (default: out/compare)")
+    common(sp)
+    sp.set_defaults(func=cmd_compare)
 
     sp = sub.add_parser("doctor", help="check the toolchain",
                         description="Report each tool, its version and whether it works.")

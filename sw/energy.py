@@ -678,7 +678,7 @@ def format_table(report: EnergyReport | OpReport) -> str:
     kinds = [k for k in COMPUTE_KINDS if any(r.ops[k] for r in ops.layers)] or ["accumulate"]
     mems = ["weight_read", "event_read", "event_write"]
     rows = [["layer", "kind", *(KIND_LABELS[k] for k in kinds), *(KIND_LABELS[k] for k in mems),
-             "ANN MACs"]]
+             "ANN MAC+add"]]
     for r in [*ops.layers, ops.totals]:
         rows.append([r.name, r.kind, *(_num(r.ops[k]) for k in kinds),
                      *(_num(r.memory_words[k]) for k in mems), _num(r.ann_macs + r.ann_adds)])

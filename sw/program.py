@@ -29,7 +29,7 @@ Neuron modes
     Every layer runs ``S = tau + t_steps`` steps. Per step and output neuron:
     ``v += sum_{i} w[o,i] x_i(t) + B[o]; s = v >= Theta[o]; v -= s Theta[o]`` with ``v`` starting
     at ``v_init`` and ``Theta`` in ``threshold``. ``x_i(t)`` is a spike (0/1), or a 2x2 sum of
-    spikes after pooling (0..4). The first layer's input current ``sum w k`` (pixel levels) is
+    the previous layer's per-step values after pooling (0..4 after spikes). The first layer's input current ``sum w k`` (pixel levels) is
     computed once, bit-serially, and added every step. With ``tau > 0`` (SRP) the first ``tau``
     steps probe: at step ``tau`` neurons with ``v < 0`` are masked (their later spikes are
     dropped) and every ``v`` restarts at ``v_init``. The output layer's logits are
@@ -115,7 +115,8 @@ class Layer:
 
         Bit-serial: ``sum|w| * max level + |B|``, or the largest threshold compared against.
         Rate (``rate_steps = S > 0``): ``S (sum|w| * max input + |B|) + |v_init| + Theta``, since
-        the potential integrates for ``S`` steps (and the output layer sums ``S`` steps).
+        the potential integrates for ``S`` steps (the output layer sums only the last
+        ``t_steps``, so ``S`` bounds it too).
         """
         if self.kind == "sumpool2x2":
             return 4 * in_max_level
@@ -245,6 +246,8 @@ class Program:
                                f"{self.t_steps} and {self.tau}")
         if self.tau and self.method != "srp":
             raise ProgramError("only the srp method has probe steps (tau)")
+        if self.method == "srp" and self.tau < 1:
+            raise ProgramError("the srp method needs tau >= 1 probe steps")
         if not self.layers:
             raise ProgramError("a Program needs at least one layer")
         if not 2 <= self.weight_bits <= 32:
@@ -274,6 +277,9 @@ class Program:
                 raise ProgramError(f"{where}: output shape {tuple(lay.out_shape)}, expected "
                                    f"{expect}")
             c_out = lay.out_shape[0]
+            if lay.v_init is not None and not (self.mode == "rate" and lay.fires
+                                               and lay.kind != "sumpool2x2"):
+                raise ProgramError(f"{where}: only rate-mode firing conv/dense layers have v_init")
             if lay.kind == "sumpool2x2":
                 if lay.weights is not None or lay.bias is not None or lay.threshold is not None:
                     raise ProgramError(f"{where}: a sum-pooling layer has no weights, bias or "
@@ -315,6 +321,11 @@ class Program:
             if self.mode == "rate" and i == 0 and lay.kind == "sumpool2x2":
                 raise ProgramError(f"{where}: the first layer must be a conv or dense layer")
             shape, t, prev_levels = tuple(lay.out_shape), lay.t_out, lay.levels
+        if self.mode == "bitserial":
+            hidden = [lay.t_out for lay in self.layers if lay.fires and lay.kind != "sumpool2x2"]
+            if self.t_steps != max(hidden, default=0):
+                raise ProgramError(f"bit-serial t_steps must be the hidden layers' T "
+                                   f"({max(hidden, default=0)}), not {self.t_steps}")
 
     @staticmethod
     def _out_shape(lay: Layer, where: str) -> tuple[int, ...]:

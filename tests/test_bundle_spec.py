@@ -660,7 +660,7 @@ def test_reader_refuses_a_damaged_bundle(bundle, tmp_path, damage):
         read_spec_bundle(copy)
 
 
-def test_bit_serial_bundle_has_no_v_init_memory(bundle, tmp_path):
+def test_v_init_memory_exists_only_in_rate_mode(bundle, tmp_path):
     program, folder = bundle
     copy = tmp_path / "b"
     man = _copy(folder, copy)
