@@ -29,11 +29,11 @@ Neuron modes
     Every layer runs ``S = tau + t_steps`` steps. Per step and output neuron:
     ``v += sum_{i} w[o,i] x_i(t) + B[o]; s = v >= Theta[o]; v -= s Theta[o]`` with ``v`` starting
     at ``v_init`` and ``Theta`` in ``threshold``. ``x_i(t)`` is a spike (0/1), or a 2x2 sum of
-    the previous layer's per-step values after pooling (0..4 after spikes). The first layer's input current ``sum w k`` (pixel levels) is
-    computed once, bit-serially, and added every step. With ``tau > 0`` (SRP) the first ``tau``
-    steps probe: at step ``tau`` neurons with ``v < 0`` are masked (their later spikes are
-    dropped) and every ``v`` restarts at ``v_init``. The output layer's logits are
-    ``sum over the last t_steps steps of (acc(t) + B)``.
+    the previous layer's per-step values after pooling (0..4 after spikes). The first layer's
+    input current ``sum w k`` (pixel levels) is computed once, bit-serially, and added every step.
+    With ``tau > 0`` (SRP) the first ``tau`` steps probe: at step ``tau`` neurons with ``v < 0``
+    are masked (their later spikes are dropped) and every ``v`` restarts at ``v_init``. The
+    output layer's logits are ``sum over the last t_steps steps of (acc(t) + B)``.
 """
 
 from __future__ import annotations
