@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_demo)
 
+    from .energy import add_energy_command
+
+    add_energy_command(sub)
+
     sp = sub.add_parser("compare", help="every conversion method over time steps T",
                         description="Train the source each method expects, convert with every "
                                     "method at every T, and write a markdown table, a CSV and "

@@ -60,7 +60,7 @@ def _get_source(key, arch: str, data: DatasetSplit, folder: Path, epochs: int, p
     if key in cache:
         return cache[key]
     act, levels = key
-    path = folder / f"{arch}-{act}" + (f"-L{levels}" if act == "qcfs" else "") + ".pt"
+    path = folder / (f"{arch}-{act}" + (f"-L{levels}" if act == "qcfs" else "") + ".pt")
     cfg = TrainConfig(arch=arch, levels=levels, epochs=epochs, activation=act)
     model = meta = None
     if path.is_file():
@@ -75,12 +75,13 @@ def _get_source(key, arch: str, data: DatasetSplit, folder: Path, epochs: int, p
     return model, meta
 
 
-def _energy(program, result) -> tuple[float | None, float | None]:
-    from .energy import EnergyTable, count_ops, energy
+def _energy(program, result) -> tuple[float, float]:
+    """Total energy (pJ, default table, compute + memory) and synaptic ops per inference."""
+    from .energy import count_ops, energy
 
     ops = count_ops(program, result)
-    report = energy(ops, EnergyTable())
-    return report.total_pj, ops.total.accumulates
+    report = energy(ops)
+    return report.totals.total_pj, ops.totals.ops["accumulate"] + ops.totals.ops["pool_add"]
 
 
 def run_compare(*, dataset: str = "digits", arch: str = "digits-cnn", levels: int = 15,

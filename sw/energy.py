@@ -1,6 +1,6 @@
 """Operation counts and energy per inference, from the golden model's actual spikes.
 
-The counts follow the engine's schedule (docs/energy.md; /work/shared/design/architecture.md):
+The counts follow the engine's schedule (docs/energy.md; shared/design/architecture.md):
 
 * **Layer by layer.** A layer runs to completion (all its time steps) before the next starts; its
   output events go to the other half of a ping-pong activation buffer.
@@ -75,6 +75,7 @@ from .errors import BitspikeError
 from .program import Layer, Program, unsigned_bits
 
 ENERGY_TABLE_FORMAT_VERSION = 1
+META_KEYS = ("extends", "name", "format_version")
 DEFAULT_LANES = 8
 
 COMPUTE_KINDS = ("accumulate", "pool_add", "shift", "bias_add", "compare", "subtract",
@@ -146,9 +147,12 @@ class EnergyTable:
         return getattr(self, op).pj
 
     def to_dict(self) -> dict:
-        """``{"name": ..., "costs": {op: {"pj": ..., "source": ...}}}``."""
-        return {"name": self.name,
-                "costs": {op: getattr(self, op).to_dict() for op in self.operations()}}
+        """``{"format_version": 1, "name": ..., op: {"pj": ..., "source": ...}, ...}``.
+
+        The same form :meth:`load` reads: saved as JSON it is a complete table.
+        """
+        return {"format_version": ENERGY_TABLE_FORMAT_VERSION, "name": self.name,
+                **{op: getattr(self, op).to_dict() for op in self.operations()}}
 
     def sources(self, ops=None) -> list[str]:
         """One line per operation: key, pJ and source."""
@@ -166,16 +170,20 @@ class EnergyTable:
         if extends is not None and extends != "default":
             raise BitspikeError(f"{where}: extends = {extends!r}: the only table to extend is "
                                 "\"default\"")
+        version = data.get("format_version", ENERGY_TABLE_FORMAT_VERSION)
+        if version != ENERGY_TABLE_FORMAT_VERSION or isinstance(version, bool):
+            raise BitspikeError(f"{where}: format_version {version!r} is not supported (this "
+                                f"bitspike reads {ENERGY_TABLE_FORMAT_VERSION})")
         name = data.get("name", f"{'default + ' if extends else ''}{where}")
         if not isinstance(name, str):
             raise BitspikeError(f"{where}: name must be a string, not {name!r}")
         costs: dict[str, OpCost] = {}
         for key, value in data.items():
-            if key in ("extends", "name"):
+            if key in META_KEYS:
                 continue
             if key not in ops:
                 raise BitspikeError(f"{where}: unknown operation {key!r}; known operations are "
-                                    f"{', '.join(ops)} (and the keys extends, name)")
+                                    f"{', '.join(ops)} (and the keys {', '.join(META_KEYS)})")
             source = f"user table {where}"
             if isinstance(value, dict):
                 unknown = sorted(set(value) - {"pj", "source"})
@@ -208,7 +216,7 @@ class EnergyTable:
         Rules: keys are operation names (:meth:`operations`) with a number of pJ or a table
         ``{pj = ..., source = "..."}``; the file must define every operation unless it sets
         ``extends = "default"``, in which case the others keep their default values. ``name``
-        (optional) labels the table in reports.
+        (optional) labels the table in reports; ``format_version`` (optional) must be 1.
 
         Raises
         ------

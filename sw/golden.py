@@ -117,8 +117,10 @@ class Ablation:
         Off: ``B`` is added at every input step inside the accumulation (so it is counted
         ``2^T_in - 1`` times with the shift), instead of once before firing.
     ``deferred``
-        Off: output bit ``t`` is decided at input step ``t`` from the partial sum (the input bits
-        not yet arrived taken as 0), instead of after all input steps.
+        Off: each output bit is decided as soon as its time step's input has arrived, from the
+        partial sum (the input bits not yet arrived taken as 0), instead of after all input
+        steps. The output stream ends with the input stream: output step ``t`` of ``T_out`` sees
+        input step ``t + T_in - T_out``.
     """
 
     left_shift: bool = True
@@ -173,11 +175,12 @@ def run_layer(layer: Layer, levels_in: torch.Tensor, *, trace: bool = False,
 
 
 def _early_firing(partials, once, threshold, layer: Layer, left_shift: bool) -> torch.Tensor:
-    """Non-deferred firing (ablation): bit ``t`` from the partial sum after input step ``t``."""
+    """Non-deferred firing (ablation): bit ``t`` from the partial sum available at its step."""
     emitted = torch.zeros_like(partials[-1])
     bits = []
+    lag = layer.t_in - layer.t_out
     for t in range(layer.t_out):
-        j = min(t, layer.t_in - 1)
+        j = min(max(t + lag, 0), layer.t_in - 1)
         partial = partials[j] << (layer.t_in - 1 - j) if left_shift else partials[j]
         thr = threshold << (layer.t_out - 1 - t)
         s = partial + once - emitted >= thr
