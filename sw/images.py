@@ -59,36 +59,50 @@ def _check_range(values: np.ndarray, spec: MemorySpec) -> None:
                           f"{spec.width} {'signed' if spec.signed else 'unsigned'} bits")
 
 
+def _unsigned(values: np.ndarray, bits: int) -> list[int]:
+    """Two's-complement words of ``bits`` bits as Python ints (vectorized masking)."""
+    return (np.asarray(values, dtype=np.int64).astype(np.uint64)
+            & np.uint64((1 << bits) - 1)).tolist()
+
+
 def encode_hex(values: np.ndarray, spec: MemorySpec) -> str:
     """One word per line, ``hex_digits`` lowercase digits, two's complement masked to ``width``."""
     _check_range(values, spec)
-    mask = (1 << spec.width) - 1
-    return "".join(f"{int(v) & mask:0{spec.hex_digits}x}\n" for v in values)
+    fmt = f"0{spec.hex_digits}x"
+    return "".join(f"{v:{fmt}}\n" for v in _unsigned(values, spec.width))
 
 
 def encode_bin(values: np.ndarray, spec: MemorySpec) -> bytes:
     """``bytes_per_word`` little-endian bytes per word, sign-extended to the full byte width."""
     _check_range(values, spec)
     nbytes = spec.bytes_per_word
-    return b"".join(int(v).to_bytes(nbytes, "little", signed=spec.signed) for v in values)
+    words = np.asarray(_unsigned(values, 8 * nbytes), dtype=np.uint64)
+    return words.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :nbytes].tobytes()
 
 
 def decode_hex(text: str, spec: MemorySpec, *, filename: str) -> np.ndarray:
     """Strict inverse of :func:`encode_hex`: exactly ``hex_digits`` digits and ``\\n`` per line."""
     if text and not text.endswith("\n"):
         raise BundleError(f"{filename}: the last line has no newline (truncated?)")
-    words = []
-    for lineno, line in enumerate(text.split("\n")[:-1] if text else [], 1):
-        if len(line) != spec.hex_digits or not _HEX_WORD.fullmatch(line):
-            raise BundleError(f"{filename}: line {lineno} is {line!r}, expected exactly "
-                              f"{spec.hex_digits} hex digits for a {spec.width}-bit word")
-        raw = int(line, 16)
-        if raw >> spec.width:
-            raise BundleError(f"{filename}: line {lineno} exceeds {spec.width} bits")
-        if spec.signed and raw >> (spec.width - 1):
-            raw -= 1 << spec.width
-        words.append(raw)
-    return np.asarray(words, dtype=np.int64)
+    lines = text.split("\n")[:-1] if text else []
+    if not re.fullmatch(rf"(?:[0-9a-fA-F]{{{spec.hex_digits}}}\n)*", text):
+        for lineno, line in enumerate(lines, 1):  # find the first bad line for the message
+            if len(line) != spec.hex_digits or not _HEX_WORD.fullmatch(line):
+                raise BundleError(f"{filename}: line {lineno} is {line!r}, expected exactly "
+                                  f"{spec.hex_digits} hex digits for a {spec.width}-bit word")
+    raw = np.asarray([int(line, 16) for line in lines], dtype=np.uint64)
+    too_wide = np.flatnonzero(raw >> np.uint64(spec.width)) if raw.size else []
+    if len(too_wide):
+        raise BundleError(f"{filename}: line {too_wide[0] + 1} exceeds {spec.width} bits")
+    return _sign_extend(raw, spec.width, spec.signed)
+
+
+def _sign_extend(raw: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    values = raw.astype(np.int64)
+    if signed and raw.size:
+        negative = (raw >> np.uint64(bits - 1)) & np.uint64(1)
+        values = values - (negative.astype(np.int64) << bits)
+    return values
 
 
 def decode_bin(data: bytes, spec: MemorySpec, *, filename: str) -> np.ndarray:
@@ -96,8 +110,9 @@ def decode_bin(data: bytes, spec: MemorySpec, *, filename: str) -> np.ndarray:
     if len(data) % nbytes:
         raise BundleError(f"{filename}: {len(data)} bytes is not a whole number of "
                           f"{nbytes}-byte words")
-    return np.asarray([int.from_bytes(data[i:i + nbytes], "little", signed=spec.signed)
-                       for i in range(0, len(data), nbytes)], dtype=np.int64)
+    padded = np.zeros((len(data) // nbytes, 8), dtype=np.uint8)
+    padded[:, :nbytes] = np.frombuffer(data, dtype=np.uint8).reshape(-1, nbytes)
+    return _sign_extend(padded.view("<u8").reshape(-1), 8 * nbytes, spec.signed)
 
 
 # ---------------------------------------------------------------------------------------------
