@@ -61,6 +61,9 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
     t_convert = time.perf_counter() - t1
     report = compare_float_int(model, program, data)
     req = program.requirements()
+    from .energy import count_inputs, energy
+
+    joules = energy(count_inputs(program, data.x_test)).comparison()
     text = "\n".join([
         "bitspike demo: digits-cnn, QCFS L=15, bit-serial T=4 (input: 5 bit planes)",
         f"  model       {ckpt} ({'trained' if trained else 'cached'}, "
@@ -71,10 +74,15 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
         f"  integer SNN {100 * report.int_accuracy:.2f} % "
         f"({100 * (report.float_accuracy - report.int_accuracy):+.2f} points vs float; "
         f"classes agree on {100 * report.class_agreement:.2f} %)",
+        f"  energy      {joules['snn_total_pj'] / 1000:.1f} nJ per inference: compute "
+        f"{joules['snn_compute_pj'] / 1000:.1f} nJ + memory {joules['snn_memory_pj'] / 1000:.1f} "
+        f"nJ (bitspike energy {bundle})",
+        f"              the same ANN's compute: {joules['ann_fp32_pj'] / 1000:.1f} nJ in FP32, "
+        f"{joules['ann_int8_pj'] / 1000:.1f} nJ in INT8",
         "  levels that differ, float ANN vs integer model (weight rounding only; mean |diff|):",
         "    " + ", ".join(f"{m.name} {100 * m.mismatched:.1f} % ({m.mean_abs_diff:.2f})"
                           for m in report.layers),
     ])
     return {"checkpoint": str(ckpt), "trained": trained, "bundle": str(bundle),
             "train_seconds": round(t_train, 2), "convert_seconds": round(t_convert, 3),
-            "requirements": req, **report.to_dict(), "text": text}
+            "requirements": req, "energy": joules, **report.to_dict(), "text": text}
