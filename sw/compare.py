@@ -202,8 +202,20 @@ def write_results(rows: list[Row], ablation: list[dict], out: Path, *, dataset: 
         cells = [_fmt(by[(m, t)].int_accuracy) if (m, t) in by else "" for t in steps]
         lines.append(f"| {m} | {src if m != 'bitserial' else 'QCFS L=2^T-1'} | "
                      + " | ".join(cells) + " |")
+    lines += ["", "Points lost by the integer SNN against its float source ANN (bit-serial: the "
+              "integer SNN equals the weight-quantized ANN level for level, so this is weight "
+              "rounding only):", "",
+              "| method | " + " | ".join(f"T={t}" for t in steps) + " |",
+              "|---|" + "---|" * len(steps)]
+    for m in methods:
+        cells = []
+        for t in steps:
+            r = by.get((m, t))
+            ok = r is not None and r.int_accuracy is not None and r.ann_accuracy == r.ann_accuracy
+            cells.append(f"{100 * (r.ann_accuracy - r.int_accuracy):.2f}" if ok else "n/a")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Float accuracy (%) of the same SNN before weight rounding (bit-serial: the "
-              "QCFS ANN itself, which it equals exactly):", "",
+              "float QCFS ANN, which the unrounded bit-serial SNN equals exactly):", "",
               "| method | " + " | ".join(f"T={t}" for t in steps) + " |",
               "|---|" + "---|" * len(steps)]
     for m in methods:
