@@ -256,37 +256,29 @@ def _plot(rows: list[Row], path_steps: Path, path_energy: Path, arch: str, datas
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r.method for r in rows))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in methods:
-        pts = [(r.latency, 100 * r.int_accuracy) for r in rows
-               if r.method == m and r.int_accuracy is not None]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=m)
+    done = [r for r in rows if r.int_accuracy is not None]
     ann = [r.ann_accuracy for r in rows if r.method == "qcfs" and r.ann_accuracy == r.ann_accuracy]
-    if ann:
-        ax.axhline(100 * ann[0], color="gray", linestyle="--", linewidth=1, label="QCFS ANN")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("latency (time steps; srp: tau + T)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{arch} on {dataset}: accuracy vs time steps (integer SNN)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path_steps, dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in methods:
-        pts = [(r.energy_pj / 1000, 100 * r.int_accuracy) for r in rows
-               if r.method == m and r.int_accuracy is not None and r.energy_pj is not None]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("energy per inference (nJ, 45 nm op costs)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{arch} on {dataset}: accuracy vs energy")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path_energy, dpi=120)
-    plt.close(fig)
+    figures = [
+        (path_steps, lambda r: r.latency, {"base": 2}, "latency (time steps; srp: tau + T)",
+         "accuracy vs time steps (integer SNN)"),
+        (path_energy, lambda r: r.energy_pj / 1000, {}, "energy per inference (nJ, 45 nm op costs)",
+         "accuracy vs energy"),
+    ]
+    for path, x_of, scale, xlabel, title in figures:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for m in methods:
+            pts = [(x_of(r), 100 * r.int_accuracy) for r in done
+                   if r.method == m and r.energy_pj is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=m)
+        if ann and path == path_steps:
+            ax.axhline(100 * ann[0], color="gray", linestyle="--", linewidth=1, label="QCFS ANN")
+        ax.set_xscale("log", **scale)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{arch} on {dataset}: {title}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)

@@ -343,13 +343,3 @@ def run_program(program: Program, inputs: torch.Tensor, *, trace: bool = False,
     logits = levels[-1]
     return GoldenResult(logits, argmax_lowest(logits), levels, spikes,
                         bit_planes(x, program.input.t), accs)
-
-
-def run_batched(program: Program, inputs: torch.Tensor, *, batch_size: int = 512):
-    """Logits and classes for many inputs, in batches (memory-bounded)."""
-    logits, classes = [], []
-    for i in range(0, len(inputs), batch_size):
-        r = run_program(program, inputs[i:i + batch_size])
-        logits.append(r.logits)
-        classes.append(r.classes)
-    return torch.cat(logits), torch.cat(classes)
