@@ -23,6 +23,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DatasetSplit, load_dataset
 from .errors import BitspikeError, WidthError
 from .golden import Ablation, run_program
+from .models import ARCHS
 from .pipeline import convert_with
 from .program import METHODS
 from .rate import DEFAULT_TAU, SOURCE_FOR_METHOD, SOURCE_NAMES
@@ -95,8 +96,12 @@ def run_compare(*, dataset: str = "digits", arch: str = "digits-cnn", levels: in
     if not steps or any(not isinstance(t, int) or t < 1 for t in steps):
         raise BitspikeError(f"time steps must be positive integers, not {steps!r}")
     torch.set_num_threads(2)
-    out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(dataset)
+    if tuple(ARCHS[arch].input_shape) != tuple(data.input_shape):
+        raise BitspikeError(f"architecture {arch} expects inputs {ARCHS[arch].input_shape}, but "
+                            f"dataset {dataset} has {data.input_shape}: pick an architecture made "
+                            "for it")
+    out.mkdir(parents=True, exist_ok=True)
     cache: dict = {}
     rows: list[Row] = []
     per_method_seconds: dict[str, float] = {}

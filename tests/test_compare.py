@@ -113,3 +113,6 @@ def test_compare_rejects_unknown_method(tmp_path):
         run_compare(methods=("magic",), out=tmp_path)
     with pytest.raises(BitspikeError, match="positive integers"):
         run_compare(steps=(0,), out=tmp_path)
+    with pytest.raises(BitspikeError, match=r"vgg-small expects inputs \(3, 32, 32\)"):
+        run_compare(arch="vgg-small", out=tmp_path / "v")
+    assert not (tmp_path / "v").exists()  # refused before any work
