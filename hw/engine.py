@@ -110,8 +110,12 @@ class DenseEngine(wiring.Component):
             raise TypeError(f"config must be an EngineConfig, not {config!r}")
         if not isinstance(program, Program):
             raise TypeError(f"program must be a Program, not {program!r}")
-        _check_supported(program)
-        config.check_fits(program)
+        try:
+            _check_supported(program)
+            config.check_fits(program)
+        except BitspikeError:
+            self._MustUse__silence = True  # refused before it could be used: no warning
+            raise
         self._config = config
         self._program = program
         P = config.lanes
@@ -227,8 +231,7 @@ class DenseEngine(wiring.Component):
         m.d.sync += op2.eq(op1)
         m.d.comb += [ev_rd[0].addr.eq(plane_addr(t, k)), ev_rd[1].addr.eq(plane_addr(t, k))]
         ev_data = Signal(self._idx_bits)
-        m.d.comb += ev_data.eq(Cat(ev_rd[0].data, ev_rd[1].data).word_select(src,
-                                                                            self._idx_bits))
+        m.d.comb += ev_data.eq(Mux(src, ev_rd[1].data, ev_rd[0].data))
         m.d.comb += w_rd.addr.eq(grp_w_row + ev_data)
 
         # successive approximation, all lanes in parallel
@@ -385,7 +388,8 @@ class DenseEngine(wiring.Component):
                     self._next_group(m, desc, group, grp_w_row, grp_b_row, grp_out, P)
                 with m.Else():
                     value = Signal(signed(AB))
-                    m.d.comb += value.eq(lanes.acc[emit] if P > 1 else lanes.acc[0])
+                    # an Array is a multiplexer; indexing the packed view would multiply
+                    m.d.comb += value.eq(Array(lanes.acc[p] for p in range(P))[emit])
                     m.d.comb += [self.o_logits.valid.eq(1),
                                  self.o_logits.p.index.eq(grp_out + emit),
                                  self.o_logits.p.value.eq(value)]

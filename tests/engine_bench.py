@@ -1,0 +1,67 @@
+"""Drive :class:`bitspike.hw.engine.DenseEngine` in amaranth.sim (shared by the engine tests)."""
+
+from __future__ import annotations
+
+import random
+
+from amaranth.hdl import ResetInserter, Signal
+from amaranth.sim import Simulator
+
+from bitspike.hw.engine import DenseEngine
+
+
+def run_engine(dut: DenseEngine, images, *, ready_prob: float = 1.0, seed: int = 0,
+               reset_after: int | None = None, vcd: str | None = None):
+    """Stream ``images`` (integer level tensors) through the engine.
+
+    Returns one ``(logits, klass, cycles)`` per image, logits as a list of ``(index, value)``.
+    ``ready_prob < 1`` applies random back-pressure to both output streams. ``reset_after``
+    asserts reset after that many cycles of the first image and then streams every image (the
+    interrupted one again) from the start. ``vcd`` writes a waveform (tests: ``WAVES=1``).
+    """
+    rng = random.Random(seed)
+    rst = Signal()
+    top = ResetInserter({"sync": rst})(dut)
+    out = []
+
+    async def bench(ctx):
+        todo = list(images)
+        interrupt = reset_after
+        while todo:
+            pix = [int(v) for v in todo[0].flatten().tolist()]
+            i, logits, cycle = 0, [], 0
+            while True:
+                ctx.set(dut.i_stream.valid, i < len(pix))
+                ctx.set(dut.i_stream.payload, pix[i] if i < len(pix) else 0)
+                ctx.set(dut.o_logits.ready, rng.random() < ready_prob)
+                ctx.set(dut.o_result.ready, rng.random() < ready_prob)
+                _, _, iv, ir, lv, lr, lp, rv, rr, rp = await ctx.tick().sample(
+                    dut.i_stream.valid, dut.i_stream.ready, dut.o_logits.valid,
+                    dut.o_logits.ready, dut.o_logits.payload, dut.o_result.valid,
+                    dut.o_result.ready, dut.o_result.payload)
+                cycle += 1
+                if iv and ir:
+                    i += 1
+                if lv and lr:
+                    logits.append((int(lp.index), int(lp.value)))
+                if rv and rr:
+                    out.append((logits, int(rp.klass), int(rp.cycles)))
+                    todo.pop(0)
+                    break
+                if interrupt is not None and cycle == interrupt:
+                    interrupt = None
+                    ctx.set(dut.i_stream.valid, 0)
+                    ctx.set(rst, 1)
+                    await ctx.tick()
+                    ctx.set(rst, 0)
+                    break  # stream the interrupted image again
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return out

@@ -1,0 +1,140 @@
+"""The engine against the golden model: logits, class and cycle count, exactly."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from amaranth.back import verilog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitspike.hw.config import EngineConfig, EngineFitError
+from bitspike.hw.engine import DenseEngine, EngineUnsupported
+from bitspike.sw.convert import convert_model
+from bitspike.sw.cycles import engine_cycles
+from bitspike.sw.data import Normalization
+from bitspike.sw.golden import run_program
+from bitspike.sw.models import build_model
+from bitspike.sw.program import InputSpec, Layer, Program
+
+from .engine_bench import run_engine
+
+WAVES = os.environ.get("WAVES") == "1"
+
+
+def check(program: Program, images: torch.Tensor, lanes: int, **kw) -> list:
+    dut = DenseEngine(config=EngineConfig.for_program(program, lanes=lanes), program=program)
+    got = run_engine(dut, list(images), vcd=f"engine_P{lanes}.vcd" if WAVES else None, **kw)
+    golden = run_program(program, images)
+    assert len(got) == len(images)
+    for n, (logits, klass, cycles) in enumerate(got):
+        assert [i for i, _ in logits] == list(range(program.classes))
+        assert [v for _, v in logits] == golden.logits[n].tolist(), f"image {n}: logits differ"
+        assert klass == int(golden.classes[n]), f"image {n}: class differs"
+        if kw.get("ready_prob", 1.0) == 1.0:
+            expected = engine_cycles(program, golden, n, lanes=lanes).total
+            assert cycles == expected, f"image {n}: {cycles} cycles, model says {expected}"
+    return got
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    torch.manual_seed(0)
+    model = build_model("digits-mlp", levels=15).eval()
+    return convert_model(model, input_shape=(1, 8, 8), normalization=digits.normalization)
+
+
+@pytest.mark.parametrize("lanes", [8, 32])
+def test_digits_mlp_matches_golden(mlp, digits, lanes):
+    check(mlp, digits.x_test[:3], lanes)
+
+
+def test_trained_digits_mlp_classifies_like_golden(digits, tmp_path):
+    from bitspike.sw.train import TrainConfig, train
+    model, _ = train(TrainConfig(arch="digits-mlp", epochs=5), digits, progress=False)
+    program = convert_model(model, input_shape=(1, 8, 8), normalization=digits.normalization)
+    got = check(program, digits.x_test[:4], 16)
+    assert sum(k == int(y) for (_, k, _), y in zip(got, digits.y_test[:4], strict=True)) >= 3
+
+
+def test_all_zero_and_saturating_inputs(mlp, digits):
+    images = torch.stack([torch.zeros(1, 8, 8, dtype=torch.int64),
+                          torch.full((1, 8, 8), 16, dtype=torch.int64)])
+    check(mlp, images, 8)
+
+
+def test_back_pressure_loses_nothing(mlp, digits):
+    check(mlp, digits.x_test[:2], 8, ready_prob=0.4, seed=3)
+
+
+def test_reset_mid_inference_then_correct_results(mlp, digits):
+    got = check(mlp, digits.x_test[:2], 8, reset_after=300)
+    assert len(got) == 2
+
+
+def _random_dense_program(draw) -> Program:
+    weight_bits = draw(st.sampled_from([2, 4, 8]))
+    qmax = 2 ** (weight_bits - 1) - 1
+    n_in = draw(st.integers(1, 12))
+    t_in = draw(st.integers(1, 5))
+    sizes = [n_in] + draw(st.lists(st.integers(1, 11), min_size=0, max_size=2)) + [
+        draw(st.integers(1, 6))]
+    layers, prev_t = [], t_in
+    for i in range(len(sizes) - 1):
+        last = i == len(sizes) - 2
+        n, m = sizes[i], sizes[i + 1]
+        w = np.asarray(draw(st.lists(st.integers(-qmax, qmax), min_size=n * m,
+                                     max_size=n * m))).reshape(m, n)
+        b = np.asarray(draw(st.lists(st.integers(-300, 300), min_size=m, max_size=m)))
+        if last:
+            layers.append(Layer(f"out{i}", "dense", (n,), (m,), prev_t, 0, 0, False,
+                                weights=w, bias=b))
+        else:
+            t_out = draw(st.integers(1, 5))
+            levels = draw(st.integers(1, 2**t_out - 1))
+            d = np.asarray(draw(st.lists(st.integers(1, 60), min_size=m, max_size=m)))
+            layers.append(Layer(f"fc{i}", "dense", (n,), (m,), prev_t, t_out, levels, True,
+                                weights=w, bias=b, threshold=d))
+            prev_t = t_out
+    hidden = [lay.t_out for lay in layers if lay.fires]
+    program = Program("bitserial", InputSpec((n_in,), 2**t_in - 1, t_in), layers, weight_bits,
+                      t_steps=max(hidden, default=0))
+    program.validate()
+    return program
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), lanes=st.sampled_from([1, 3, 4]))
+def test_random_dense_programs(data, lanes):
+    program = _random_dense_program(data.draw)
+    n_img = 3
+    images = torch.tensor(data.draw(st.lists(
+        st.integers(0, program.input.max_level), min_size=n_img * program.input.shape[0],
+        max_size=n_img * program.input.shape[0]))).view(n_img, -1)
+    check(program, images, lanes)
+
+
+def test_refuses_what_it_cannot_run(digits):
+    torch.manual_seed(0)
+    cnn = convert_model(build_model("digits-cnn", levels=15).eval(), input_shape=(1, 8, 8),
+                        normalization=Normalization(16, (0.0,), (0.4,)))
+    with pytest.raises(EngineUnsupported, match="conv3x3.*dense layers only"):
+        DenseEngine(config=EngineConfig.for_program(cnn, lanes=8), program=cnn)
+
+
+def test_refuses_a_program_that_does_not_fit(mlp):
+    small = EngineConfig.for_program(mlp, lanes=8)
+    from dataclasses import replace
+    small = replace(small, acc_bits=small.acc_bits - 3)
+    with pytest.raises(EngineFitError, match="acc_bits: needs"):
+        DenseEngine(config=small, program=mlp)
+
+
+def test_verilog_has_no_multiplier(mlp):
+    dut = DenseEngine(config=EngineConfig.for_program(mlp, lanes=4), program=mlp)
+    text = verilog.convert(dut, name="bitspike_engine", emit_src=False)
+    assert "module bitspike_engine" in text and "i_stream__valid" in text
+    assert " * " not in text  # no multiplication anywhere
