@@ -219,6 +219,47 @@ def cmd_compare(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# rtl
+
+
+def cmd_rtl(args) -> int:
+    from amaranth.back import verilog
+
+    from ..hw.config import EngineConfig
+    from ..hw.engine import DenseEngine
+    from .cycles import predict
+    from .evaluate import dataset_for
+    from .images import read_bundle
+
+    program = read_bundle(args.bundle)
+    config = EngineConfig.for_program(program, lanes=args.lanes)
+    engine = DenseEngine(config=config, program=program)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(engine, name="bitspike_engine", emit_src=False)
+    (out / "bitspike_engine.v").write_text(text)
+    (out / "engine_config.json").write_text(config.to_json() + "\n")
+    data = dataset_for(program.meta)
+    reports = predict(program, data.x_test[:args.images], lanes=args.lanes)
+    totals = [r.total for r in reports]
+    bound = sum(r.lower_bound for r in reports) / len(reports)
+    mean = sum(totals) / len(totals)
+    result = {"verilog": str(out / "bitspike_engine.v"), "config": config.to_dict(),
+              "cost": config.cost(), "cycles": {"images": len(totals), "mean": mean,
+                                                "min": min(totals), "max": max(totals),
+                                                "lower_bound_mean": bound}}
+    _emit(args, result, "\n".join([
+        f"wrote {out / 'bitspike_engine.v'} ({len(text.splitlines())} lines) and "
+        f"{out / 'engine_config.json'}",
+        "config: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
+                               if k not in ("format", "format_version")),
+        f"cycles per inference over {len(totals)} test images (cycle model, exact for this "
+        f"engine): mean {mean:.0f}, min {min(totals)}, max {max(totals)}; lower bound "
+        f"ceil(active synaptic ops / P) = {bound:.0f} ({mean / bound:.2f}x)"]))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # doctor
 
 
@@ -353,6 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="out/compare", help="output folder (default: out/compare)")
     common(sp)
     sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("rtl", help="write the engine's Verilog for a Program bundle",
+                        description="Size an EngineConfig that fits the Program with P lanes, "
+                                    "write the engine as Verilog (no source annotations) and "
+                                    "print the config and the cycle estimate. The engine built "
+                                    "so far runs bit-serial dense Programs (digits-mlp).")
+    sp.add_argument("bundle", metavar="PROG_DIR", help="Program bundle folder")
+    sp.add_argument("--lanes", type=int, default=8, metavar="P",
+                    help="parallel output lanes (default: 8)")
+    sp.add_argument("--out", default="build/rtl", help="output folder (default: build/rtl)")
+    sp.add_argument("--images", type=int, default=360, metavar="N",
+                    help="test images for the cycle estimate (default: 360)")
+    common(sp)
+    sp.set_defaults(func=cmd_rtl)
 
     sp = sub.add_parser("doctor", help="check the toolchain",
                         description="Report each tool, its version and whether it works.")
