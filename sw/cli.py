@@ -226,14 +226,14 @@ def cmd_rtl(args) -> int:
     from amaranth.back import verilog
 
     from ..hw.config import EngineConfig
-    from ..hw.engine import DenseEngine
+    from ..hw.engine import Engine
     from .cycles import predict
     from .evaluate import dataset_for
     from .images import read_bundle
 
     program = read_bundle(args.bundle)
     config = EngineConfig.for_program(program, lanes=args.lanes)
-    engine = DenseEngine(config=config, program=program)
+    engine = Engine(config=config, program=program)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = verilog.convert(engine, name="bitspike_engine", emit_src=False)

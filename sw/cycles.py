@@ -1,21 +1,23 @@
 """The engine's cycle model: cycles per layer and per inference, predicted exactly.
 
-It counts the schedule of :class:`bitspike.hw.engine.DenseEngine` (docs/engine.md) from the
-golden model's actual events, for a given number of lanes ``P``. The engine's own cycle counter
-must equal :func:`engine_cycles` for every Program, input and configuration it runs (checked
-cycle for cycle in tests/test_hw_engine.py).
+It counts the schedule of :class:`bitspike.hw.engine.Engine` (docs/engine.md) from the golden
+model's actual events, for a given number of lanes ``P``. The engine's own cycle counter must
+equal :func:`engine_cycles` for every Program, input and configuration it runs (checked in
+tests/test_hw_engine.py).
 
 Per inference (input stream valid every cycle, output streams always ready):
 
-* load: ``sum over pixels of (1 + popcount(level))``;
-* per layer after the first: 2 (swap the event buffers);
-* per group of ``P`` outputs: ``1 + E + (T_in - 1) + 1 + 2`` (clear, one issue per input event
-  ``E`` of all planes, shifts, bias, drain), then a firing layer ``1 + T_out + 1 + ones + 1``
-  (load, successive approximation, clip, one write per emitted 1-bit, finish) or the output
-  layer ``valid outputs + 1`` (one logit per cycle, finish).
+* load: ``sum over pixels of (1 + popcount(level))`` (accept, then one list append per 1-bit);
+* per layer: 1 (start) + for a firing layer ``T_out x list positions`` (clearing the next
+  layer's list counts; one list per plane for a dense successor) + per output position and
+  group of ``P`` channels: ``1 + sum over planes and taps of (events + 1) + 2`` (clear, walk the
+  receptive field: conv 9 taps, pooling 4, dense 1 flat list; the "+1" of a tap advances, or
+  shifts between planes, or adds the bias; drain), then a firing layer
+  ``1 + T_out + 1 + ones + 1`` (load, successive approximation, clip, one append per emitted
+  1-bit, finish) or the output layer ``valid outputs + 1``; + 1 to swap buffers (all layers but
+  the last).
 
-The lower bound of issue 4 is ``ceil(active synaptic ops / P)``; the difference is the fixed
-per-group overhead above, reported per layer.
+The lower bound of issue 4 is ``ceil(active synaptic ops / P)`` per layer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from .errors import BitspikeError
 from .golden import GoldenResult, run_program
-from .program import Program
+from .program import Layer, Program
 
 
 @dataclass
@@ -53,31 +55,69 @@ class CycleReport:
                 "lower_bound": self.lower_bound}
 
 
+def _as_map(x: torch.Tensor) -> torch.Tensor:
+    """(T, C, H, W) or (T, N) per-plane values -> (T, C, H, W)."""
+    return x if x.dim() == 4 else x.view(x.shape[0], x.shape[1], 1, 1)
+
+
+def _walk(layer: Layer, events: torch.Tensor, oy: int, ox: int) -> tuple[int, int]:
+    """(issue cycles, synaptic events walked) of one group at output position (oy, ox)."""
+    counts = events.sum(dim=1)  # (T, H, W): events per list (channels summed)
+    t_in, h, w = counts.shape
+    if layer.kind == "dense":
+        n = int(counts.sum())
+        return n + t_in, n
+    taps = ([(dy, dx) for dy in range(3) for dx in range(3)] if layer.kind == "conv3x3"
+            else [(dy, dx) for dy in range(2) for dx in range(2)])
+    total = 0
+    for dy, dx in taps:
+        iy, ix = (oy + dy - 1, ox + dx - 1) if layer.kind == "conv3x3" else (2 * oy + dy,
+                                                                             2 * ox + dx)
+        if 0 <= iy < h and 0 <= ix < w:
+            total += int(counts[:, iy, ix].sum())
+    return total + t_in * len(taps), total
+
+
 def engine_cycles(program: Program, result: GoldenResult, index: int, *, lanes: int
                   ) -> CycleReport:
     """Cycles the engine with ``lanes`` lanes takes for image ``index`` of a golden run."""
-    if program.mode != "bitserial" or any(lay.kind != "dense" for lay in program.layers):
-        raise BitspikeError("the cycle model covers the engine built so far: bit-serial Programs "
-                            "of dense layers")
+    if program.mode != "bitserial":
+        raise BitspikeError("the cycle model covers the engine built so far: bit-serial "
+                            "Programs")
     if not isinstance(lanes, int) or lanes < 1:
         raise BitspikeError(f"lanes must be a positive integer, not {lanes!r}")
     pixels = result.input_spikes[index].to(torch.int64)  # (T_in, ...) bit planes
     report = CycleReport(lanes, int(pixels.numel() // pixels.shape[0] + pixels.sum()))
-    inputs = [pixels] + [s[index] if s is not None else None for s in result.spikes[:-1]]
-    for li, lay in enumerate(program.layers):
-        n_out = lay.out_shape[0]
-        events = int(inputs[li].to(torch.int64).sum())
-        cycles = 2 if li else 0
-        for g in range(0, n_out, lanes):
-            valid = min(lanes, n_out - g)
-            cycles += 1 + events + (lay.t_in - 1) + 1 + 2
-            if lay.fires:
-                ones = int(result.spikes[li][index][:, g:g + valid].to(torch.int64).sum())
-                cycles += 1 + lay.t_out + 1 + ones + 1
-            else:
-                cycles += valid + 1
+    inputs = [pixels] + [s[index].to(torch.int64) for s in result.spikes[:-1]]
+    layers = program.layers
+    for li, lay in enumerate(layers):
+        events = _as_map(inputs[li])
+        c_out = lay.out_shape[0]
+        oh, ow = (lay.out_shape[1], lay.out_shape[2]) if len(lay.out_shape) == 3 else (1, 1)
+        last = li == len(layers) - 1
+        cycles = 1
+        if lay.fires:
+            flat_next = layers[li + 1].kind == "dense"
+            cycles += lay.t_out * (1 if flat_next else oh * ow)
+            out_bits = _as_map(result.spikes[li][index].to(torch.int64))
+        synops = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                issue, walked = _walk(lay, events, oy, ox)
+                # a pooled event feeds only its own channel; a conv/dense event every output
+                synops += walked if lay.kind == "sumpool2x2" else walked * c_out
+                for g in range(0, c_out, lanes):
+                    valid = min(lanes, c_out - g)
+                    cycles += 1 + issue + 2
+                    if lay.fires:
+                        ones = int(out_bits[:, g:g + valid, oy, ox].sum())
+                        cycles += 1 + lay.t_out + 1 + ones + 1
+                    else:
+                        cycles += valid + 1
+        if not last:
+            cycles += 1
         report.layers.append(cycles)
-        report.synaptic_ops.append(events * n_out)
+        report.synaptic_ops.append(synops)
     return report
 
 

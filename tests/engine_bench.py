@@ -1,4 +1,4 @@
-"""Drive :class:`bitspike.hw.engine.DenseEngine` in amaranth.sim (shared by the engine tests)."""
+"""Drive :class:`bitspike.hw.engine.Engine` in amaranth.sim (shared by the engine tests)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import random
 from amaranth.hdl import ResetInserter, Signal
 from amaranth.sim import Simulator
 
-from bitspike.hw.engine import DenseEngine
+from bitspike.hw.engine import Engine
 
 
-def run_engine(dut: DenseEngine, images, *, ready_prob: float = 1.0, seed: int = 0,
-               reset_after: int | None = None, vcd: str | None = None):
+def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
+               reset_after: int | None = None, vcd: str | None = None,
+               max_cycles: int = 2_000_000):
     """Stream ``images`` (integer level tensors) through the engine.
 
     Returns one ``(logits, klass, cycles)`` per image, logits as a list of ``(index, value)``.
@@ -40,6 +41,8 @@ def run_engine(dut: DenseEngine, images, *, ready_prob: float = 1.0, seed: int =
                     dut.o_logits.ready, dut.o_logits.payload, dut.o_result.valid,
                     dut.o_result.ready, dut.o_result.payload)
                 cycle += 1
+                if cycle > max_cycles:
+                    raise AssertionError(f"no result after {max_cycles} cycles: the engine hangs")
                 if iv and ir:
                     i += 1
                 if lv and lr:

@@ -12,10 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitspike.hw.config import EngineConfig, EngineFitError
-from bitspike.hw.engine import DenseEngine, EngineUnsupported
+from bitspike.hw.engine import Engine, EngineUnsupported
 from bitspike.sw.convert import convert_model
 from bitspike.sw.cycles import engine_cycles
-from bitspike.sw.data import Normalization
 from bitspike.sw.golden import run_program
 from bitspike.sw.models import build_model
 from bitspike.sw.program import InputSpec, Layer, Program
@@ -26,7 +25,7 @@ WAVES = os.environ.get("WAVES") == "1"
 
 
 def check(program: Program, images: torch.Tensor, lanes: int, **kw) -> list:
-    dut = DenseEngine(config=EngineConfig.for_program(program, lanes=lanes), program=program)
+    dut = Engine(config=EngineConfig.for_program(program, lanes=lanes), program=program)
     got = run_engine(dut, list(images), vcd=f"engine_P{lanes}.vcd" if WAVES else None, **kw)
     golden = run_program(program, images)
     assert len(got) == len(images)
@@ -117,12 +116,69 @@ def test_random_dense_programs(data, lanes):
     check(program, images, lanes)
 
 
-def test_refuses_what_it_cannot_run(digits):
-    torch.manual_seed(0)
-    cnn = convert_model(build_model("digits-cnn", levels=15).eval(), input_shape=(1, 8, 8),
-                        normalization=Normalization(16, (0.0,), (0.4,)))
-    with pytest.raises(EngineUnsupported, match="conv3x3.*dense layers only"):
-        DenseEngine(config=EngineConfig.for_program(cnn, lanes=8), program=cnn)
+def _random_conv_program(draw) -> Program:
+    """conv3x3 [+ sumpool2x2] [+ conv3x3 [+ sumpool2x2]] + dense output, random integers."""
+    weight_bits = draw(st.sampled_from([3, 8]))
+    qmax = 2 ** (weight_bits - 1) - 1
+    c, h = draw(st.integers(1, 2)), draw(st.sampled_from([2, 4]))
+    t_in = draw(st.integers(1, 4))
+    shape, prev_t, prev_levels = (c, h, h), t_in, 2**t_in - 1
+    layers = []
+
+    def ints(n, lo, hi):
+        return np.asarray(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)))
+
+    for i in range(draw(st.integers(1, 2))):
+        c_out = draw(st.integers(1, 5))
+        t_out = draw(st.integers(1, 3))
+        levels = draw(st.integers(1, 2**t_out - 1))
+        layers.append(Layer(f"conv{i}", "conv3x3", shape, (c_out, shape[1], shape[2]), prev_t,
+                            t_out, levels, True,
+                            weights=ints(c_out * shape[0] * 9, -qmax, qmax).reshape(
+                                c_out, shape[0], 3, 3),
+                            bias=ints(c_out, -200, 200), threshold=ints(c_out, 1, 50)))
+        shape, prev_t, prev_levels = (c_out, shape[1], shape[2]), t_out, levels
+        if shape[1] % 2 == 0 and draw(st.booleans()):
+            out = (shape[0], shape[1] // 2, shape[2] // 2)
+            layers.append(Layer(f"pool{i}", "sumpool2x2", shape, out, prev_t, prev_t + 2,
+                                4 * prev_levels, True))
+            shape, prev_t, prev_levels = out, prev_t + 2, 4 * prev_levels
+    n_in, classes = int(np.prod(shape)), draw(st.integers(1, 5))
+    layers.append(Layer("out", "dense", shape, (classes,), prev_t, 0, 0, False,
+                        weights=ints(classes * n_in, -qmax, qmax).reshape(classes, n_in),
+                        bias=ints(classes, -300, 300)))
+    hidden = [lay.t_out for lay in layers if lay.fires and lay.kind != "sumpool2x2"]
+    program = Program("bitserial", InputSpec((c, h, h), 2**t_in - 1, t_in), layers,
+                      weight_bits, t_steps=max(hidden))
+    program.validate()
+    return program
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), lanes=st.sampled_from([1, 2, 4]))
+def test_random_conv_pool_programs(data, lanes):
+    program = _random_conv_program(data.draw)
+    n = int(np.prod(program.input.shape))
+    images = torch.tensor(data.draw(st.lists(st.integers(0, program.input.max_level),
+                                             min_size=2 * n, max_size=2 * n)))
+    check(program, images.view(2, *program.input.shape), lanes)
+
+
+@pytest.mark.slow
+def test_trained_digits_cnn_matches_golden(digits):
+    """The demo's network (digits-cnn, L = 15, trained) on the engine: exact."""
+    from bitspike.sw.train import TrainConfig, train
+    model, _ = train(TrainConfig(arch="digits-cnn", epochs=5), digits, progress=False)
+    program = convert_model(model, input_shape=(1, 8, 8), normalization=digits.normalization)
+    got = check(program, digits.x_test[:1], 32)
+    assert got[0][1] == int(digits.y_test[0])
+
+
+def test_refuses_what_it_cannot_run(quick_checkpoint):
+    from bitspike.sw.pipeline import convert_checkpoint
+    rate = convert_checkpoint(quick_checkpoint, method="qcfs", steps=2).program
+    with pytest.raises(EngineUnsupported, match="rate datapath is not built"):
+        Engine(config=EngineConfig.for_program(rate, lanes=8), program=rate)
 
 
 def test_refuses_a_program_that_does_not_fit(mlp):
@@ -130,11 +186,11 @@ def test_refuses_a_program_that_does_not_fit(mlp):
     from dataclasses import replace
     small = replace(small, acc_bits=small.acc_bits - 3)
     with pytest.raises(EngineFitError, match="acc_bits: needs"):
-        DenseEngine(config=small, program=mlp)
+        Engine(config=small, program=mlp)
 
 
 def test_verilog_has_no_multiplier(mlp):
-    dut = DenseEngine(config=EngineConfig.for_program(mlp, lanes=4), program=mlp)
+    dut = Engine(config=EngineConfig.for_program(mlp, lanes=4), program=mlp)
     text = verilog.convert(dut, name="bitspike_engine", emit_src=False)
     assert "module bitspike_engine" in text and "i_stream__valid" in text
     assert " * " not in text  # no multiplication anywhere
