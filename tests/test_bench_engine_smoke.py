@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 def test_bench_engine_quick(tmp_path):
     import bench_engine
 
-    result = bench_engine.main(["--lanes", "4,16", "--rtl-images", "1",
+    result = bench_engine.main(["--lanes", "4,16", "--rtl-images", "1", "--rtl-min-lanes", "4",
+                                "--archs", "digits-mlp", "--images", "10",
                                 "--json", str(tmp_path / "e.json")])
     rows = result["rows"]
     assert [r["lanes"] for r in rows] == [4, 16]
