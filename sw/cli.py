@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Size an EngineConfig that fits the Program with P lanes, "
                                     "write the engine as Verilog (no source annotations) and "
                                     "print the config and the cycle estimate. The engine built "
-                                    "so far runs bit-serial dense Programs (digits-mlp).")
+                                    "so far runs bit-serial Programs (dense, conv3x3, "
+                                    "sumpool2x2).")
     sp.add_argument("bundle", metavar="PROG_DIR", help="Program bundle folder")
     sp.add_argument("--lanes", type=int, default=8, metavar="P",
                     help="parallel output lanes (default: 8)")
