@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def main(argv=None) -> dict:
@@ -33,10 +30,9 @@ def main(argv=None) -> dict:
                         help="architectures (default: digits-cnn,digits-mlp)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    from engine_bench import run_engine
-
     from bitspike.hw.config import EngineConfig
     from bitspike.hw.engine import Engine
+    from bitspike.sim.engine_sim import run_engine
     from bitspike.sw.convert import convert_model
     from bitspike.sw.cycles import engine_cycles
     from bitspike.sw.data import load_dataset

@@ -64,6 +64,7 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
     from .energy import count_inputs, energy
 
     joules = energy(count_inputs(program, data.x_test)).comparison()
+    rtl = _engine_run(program, data)
     text = "\n".join([
         "bitspike demo: digits-cnn, QCFS L=15, bit-serial T=4 (input: 5 bit planes)",
         f"  model       {ckpt} ({'trained' if trained else 'cached'}, "
@@ -79,10 +80,33 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
         f"nJ (bitspike energy {bundle})",
         f"              the same ANN's compute: {joules['ann_fp32_pj'] / 1000:.1f} nJ in FP32, "
         f"{joules['ann_int8_pj'] / 1000:.1f} nJ in INT8",
+        f"  engine      RTL (amaranth.sim, P = {rtl['lanes']}) on test image 0: class "
+        f"{rtl['klass']} (golden {rtl['golden_klass']}), logits "
+        f"{'equal to' if rtl['logits_equal'] else 'DIFFERENT from'} the golden model, "
+        f"{rtl['cycles']} cycles (cycle model {rtl['model_cycles']})",
         "  levels that differ, float ANN vs integer model (weight rounding only; mean |diff|):",
         "    " + ", ".join(f"{m.name} {100 * m.mismatched:.1f} % ({m.mean_abs_diff:.2f})"
                           for m in report.layers),
     ])
     return {"checkpoint": str(ckpt), "trained": trained, "bundle": str(bundle),
             "train_seconds": round(t_train, 2), "convert_seconds": round(t_convert, 3),
-            "requirements": req, "energy": joules, **report.to_dict(), "text": text}
+            "requirements": req, "energy": joules, "engine": rtl, **report.to_dict(),
+            "text": text}
+
+
+def _engine_run(program, data, lanes: int = 32) -> dict:
+    """Simulate the engine RTL on one test image and compare with the golden model."""
+    from ..hw.config import EngineConfig
+    from ..hw.engine import Engine
+    from ..sim.engine_sim import run_engine
+    from .cycles import engine_cycles
+    from .golden import run_program
+
+    x = data.x_test[:1]
+    golden = run_program(program, x)
+    dut = Engine(config=EngineConfig.for_program(program, lanes=lanes), program=program)
+    ((logits, klass, cycles),) = run_engine(dut, list(x))
+    return {"lanes": lanes, "klass": klass, "golden_klass": int(golden.classes[0]),
+            "logits_equal": [v for _, v in logits] == golden.logits[0].tolist(),
+            "cycles": cycles, "model_cycles": engine_cycles(program, golden, 0,
+                                                            lanes=lanes).total}

@@ -87,6 +87,9 @@ def test_demo_trains_then_reuses_its_model(tmp_path, capsys):
     first = json.loads(out)
     assert first["trained"] is True and first["float_accuracy"] >= 0.97
     assert abs(first["float_accuracy"] - first["int_accuracy"]) <= 0.01
+    engine = first["engine"]  # one image through the RTL: exact logits and cycles
+    assert engine["logits_equal"] and engine["klass"] == engine["golden_klass"]
+    assert engine["cycles"] == engine["model_cycles"]
     rc, out, _ = run_cli(capsys, "demo", "--out", tmp_path / "demo")
     assert rc == 0 and "cached" in out and "integer SNN" in out
 

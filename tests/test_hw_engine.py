@@ -13,13 +13,12 @@ from hypothesis import strategies as st
 
 from bitspike.hw.config import EngineConfig, EngineFitError
 from bitspike.hw.engine import Engine, EngineUnsupported
+from bitspike.sim.engine_sim import run_engine
 from bitspike.sw.convert import convert_model
 from bitspike.sw.cycles import engine_cycles
 from bitspike.sw.golden import run_program
 from bitspike.sw.models import build_model
 from bitspike.sw.program import InputSpec, Layer, Program
-
-from .engine_bench import run_engine
 
 WAVES = os.environ.get("WAVES") == "1"
 

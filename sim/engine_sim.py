@@ -1,4 +1,5 @@
-"""Drive :class:`bitspike.hw.engine.Engine` in amaranth.sim (shared by the engine tests)."""
+"""Drive :class:`bitspike.hw.engine.Engine` in amaranth.sim: the demo, the tests and the
+engine benchmark stream images through it with this one function."""
 
 from __future__ import annotations
 
