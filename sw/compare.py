@@ -207,35 +207,30 @@ def write_results(rows: list[Row], ablation: list[dict], out: Path, *, dataset: 
         cells = [_fmt(by[(m, t)].int_accuracy) if (m, t) in by else "" for t in steps]
         lines.append(f"| {m} | {src if m != 'bitserial' else 'QCFS L=2^T-1'} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "Points lost by the integer SNN against its float source ANN (bit-serial: the "
-              "integer SNN equals the weight-quantized ANN level for level, so this is weight "
-              "rounding only):", "",
-              "| method | " + " | ".join(f"T={t}" for t in steps) + " |",
-              "|---|" + "---|" * len(steps)]
-    for m in methods:
-        cells = []
-        for t in steps:
-            r = by.get((m, t))
-            ok = r is not None and r.int_accuracy is not None and r.ann_accuracy == r.ann_accuracy
-            cells.append(f"{100 * (r.ann_accuracy - r.int_accuracy):.2f}" if ok else "n/a")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Float accuracy (%) of the same SNN before weight rounding (bit-serial: the "
-              "float QCFS ANN, which the unrounded bit-serial SNN equals exactly):", "",
-              "| method | " + " | ".join(f"T={t}" for t in steps) + " |",
-              "|---|" + "---|" * len(steps)]
-    for m in methods:
-        lines.append(f"| {m} | " + " | ".join(
-            _fmt(by[(m, t)].float_accuracy) if (m, t) in by else "" for t in steps) + " |")
-    lines += ["", "Energy per inference (nJ, default table) and synaptic operations:", "",
-              "| method | " + " | ".join(f"T={t}" for t in steps) + " |",
-              "|---|" + "---|" * len(steps)]
-    for m in methods:
-        cells = []
-        for t in steps:
-            r = by.get((m, t))
-            cells.append("n/a" if r is None or r.energy_pj is None else
-                         f"{r.energy_pj / 1000:.1f} ({r.synaptic_ops / 1e3:.0f}k)")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+
+    def table(title: str, cell) -> list[str]:
+        """A method x T table whose cells ``cell(row)`` come from each (method, T) row."""
+        out = ["", title, "", "| method | " + " | ".join(f"T={t}" for t in steps) + " |",
+               "|---|" + "---|" * len(steps)]
+        for m in methods:
+            out.append(f"| {m} | " + " | ".join(
+                cell(by[(m, t)]) if (m, t) in by else "" for t in steps) + " |")
+        return out
+
+    def points_lost(r: Row) -> str:
+        if r.int_accuracy is None or r.ann_accuracy != r.ann_accuracy:
+            return "n/a"
+        return f"{100 * (r.ann_accuracy - r.int_accuracy):.2f}"
+
+    lines += table("Points lost by the integer SNN against its float source ANN (bit-serial: "
+                   "the integer SNN equals the weight-quantized ANN level for level, so this is "
+                   "weight rounding only):", points_lost)
+    lines += table("Float accuracy (%) of the same SNN before weight rounding (bit-serial: the "
+                   "float QCFS ANN, which the unrounded bit-serial SNN equals exactly):",
+                   lambda r: _fmt(r.float_accuracy))
+    lines += table("Energy per inference (nJ, default table) and synaptic operations:",
+                   lambda r: "n/a" if r.energy_pj is None else
+                   f"{r.energy_pj / 1000:.1f} ({r.synaptic_ops / 1e3:.0f}k)")
     notes = sorted({f"{r.method} T={r.steps}: {r.note}" for r in rows if r.note})
     if notes:
         lines += ["", "Not run:", ""] + [f"- {n}" for n in notes]
