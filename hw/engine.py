@@ -122,6 +122,11 @@ class Engine(wiring.Component):
     o_result : Out(stream.Signature(result_layout))
         ``klass`` (argmax, ties to the lowest index) and ``cycles`` (from the first pixel
         accepted to the result).
+    o_trace : Out(stream.Signature(trace_layout)), only with ``trace=True``
+        Per output position and group: a record of the P potentials ``u0 = acc + B`` (kind 0,
+        also for the output layer), and for a firing layer a record of the P emitted levels
+        (kind 1), each with the layer, position, group and cycle stamp. Each record costs one
+        cycle (more under back-pressure); without ``trace`` the port does not exist.
 
     Raises
     ------
@@ -131,7 +136,7 @@ class Engine(wiring.Component):
         When the Program does not fit the configuration (names each shortfall).
     """
 
-    def __init__(self, *, config: EngineConfig, program: Program):
+    def __init__(self, *, config: EngineConfig, program: Program, trace: bool = False):
         if not isinstance(config, EngineConfig):
             raise TypeError(f"config must be an EngineConfig, not {config!r}")
         if not isinstance(program, Program):
@@ -161,11 +166,22 @@ class Engine(wiring.Component):
             "index": unsigned(_bits(program.classes)), "value": signed(config.acc_bits)})
         self._result_layout = data.StructLayout({
             "klass": unsigned(_bits(program.classes - 1)), "cycles": unsigned(32)})
-        super().__init__({
+        self._trace = bool(trace)
+        self._trace_layout = data.StructLayout({
+            "kind": unsigned(1),  # 0: potentials after the bias (u0), 1: emitted levels
+            "layer": unsigned(_bits(len(program.layers))),
+            "oy": unsigned(self._hb + 1), "ox": unsigned(self._wb + 1),
+            "group": unsigned(_bits(max(r["groups"] for r in self._table))),
+            "cycles": unsigned(32),
+            "values": data.ArrayLayout(signed(config.acc_bits + 1), config.lanes)})
+        ports = {
             "i_stream": In(stream.Signature(unsigned(config.max_t))),
             "o_logits": Out(stream.Signature(self._logit_layout)),
             "o_result": Out(stream.Signature(self._result_layout)),
-        })
+        }
+        if self._trace:  # the trace port exists only when asked for: free when unused
+            ports["o_trace"] = Out(stream.Signature(self._trace_layout))
+        super().__init__(ports)
 
     @property
     def config(self) -> EngineConfig:
@@ -442,11 +458,32 @@ class Engine(wiring.Component):
                 m.next = "Drain2"
 
             with m.State("Drain2"):
+                m.d.sync += emit.eq(0)
                 with m.If(desc.fires):
-                    m.next = "FireLoad"
+                    m.next = "TraceAcc" if self._trace else "FireLoad"
                 with m.Else():
-                    m.d.sync += emit.eq(0)
-                    m.next = "Emit"
+                    m.next = "TraceAcc" if self._trace else "Emit"
+
+            if self._trace:
+                def record(kind, values):
+                    return [self.o_trace.valid.eq(1), self.o_trace.p.kind.eq(kind),
+                            self.o_trace.p.layer.eq(layer), self.o_trace.p.oy.eq(oy),
+                            self.o_trace.p.ox.eq(ox), self.o_trace.p.group.eq(group),
+                            self.o_trace.p.cycles.eq(cycles),
+                            *[self.o_trace.p.values[p].eq(v) for p, v in enumerate(values)]]
+
+                with m.State("TraceAcc"):  # the group's potentials u0 = acc + B
+                    m.d.comb += record(0, [lanes.acc[p] for p in range(P)])
+                    with m.If(self.o_trace.ready):
+                        with m.If(desc.fires):
+                            m.next = "FireLoad"
+                        with m.Else():
+                            m.next = "Emit"
+
+                with m.State("TraceLevels"):  # the levels it emits (after the clip)
+                    m.d.comb += record(1, level)
+                    with m.If(self.o_trace.ready):
+                        m.next = "Write"
 
             with m.State("FireLoad"):
                 shift = Signal(range(T + 2))
@@ -480,13 +517,14 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.comb += c.eq(level[p])
                     clipped.append(c)
+                    m.d.sync += level[p].eq(c)
                 for tt in range(T + 2):
                     for p in range(P):
                         bit = Signal(range(T + 3), name=f"b{tt}_{p}")
                         m.d.comb += bit.eq(desc.t_out - 1 - tt)
                         vec.append((tt < desc.t_out) & clipped[p].bit_select(bit, 1))
                 m.d.sync += pending.eq(Cat(*vec))
-                m.next = "Write"
+                m.next = "TraceLevels" if self._trace else "Write"
 
             with m.State("Write"):
                 with m.If(pending == 0):

@@ -16,12 +16,14 @@ def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
                max_cycles: int = 2_000_000):
     """Stream ``images`` (integer level tensors) through the engine.
 
-    Returns one ``(logits, klass, cycles)`` per image, logits as a list of ``(index, value)``.
+    Returns one ``(logits, klass, cycles)`` per image, logits as a list of ``(index, value)``;
+    with a traced engine, ``(logits, klass, cycles, trace)`` with the trace records as dicts.
     ``ready_prob < 1`` applies random back-pressure to both output streams. ``reset_after``
     asserts reset after that many cycles of the first image and then streams every image (the
     interrupted one again) from the start. ``vcd`` writes a waveform (tests: ``WAVES=1``).
     """
     rng = random.Random(seed)
+    traced = hasattr(dut, "o_trace")
     rst = Signal()
     top = ResetInserter({"sync": rst})(dut)
     out = []
@@ -31,16 +33,26 @@ def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
         interrupt = reset_after
         while todo:
             pix = [int(v) for v in todo[0].flatten().tolist()]
-            i, logits, cycle = 0, [], 0
+            i, logits, cycle, records = 0, [], 0, []
             while True:
                 ctx.set(dut.i_stream.valid, i < len(pix))
                 ctx.set(dut.i_stream.payload, pix[i] if i < len(pix) else 0)
                 ctx.set(dut.o_logits.ready, rng.random() < ready_prob)
                 ctx.set(dut.o_result.ready, rng.random() < ready_prob)
-                _, _, iv, ir, lv, lr, lp, rv, rr, rp = await ctx.tick().sample(
+                extra = ()
+                if traced:
+                    ctx.set(dut.o_trace.ready, rng.random() < ready_prob)
+                    extra = (dut.o_trace.valid, dut.o_trace.ready, dut.o_trace.payload)
+                _, _, iv, ir, lv, lr, lp, rv, rr, rp, *tr = await ctx.tick().sample(
                     dut.i_stream.valid, dut.i_stream.ready, dut.o_logits.valid,
                     dut.o_logits.ready, dut.o_logits.payload, dut.o_result.valid,
-                    dut.o_result.ready, dut.o_result.payload)
+                    dut.o_result.ready, dut.o_result.payload, *extra)
+                if traced and tr[0] and tr[1]:
+                    t = tr[2]
+                    records.append({"kind": int(t.kind), "layer": int(t.layer), "oy": int(t.oy),
+                                    "ox": int(t.ox), "group": int(t.group),
+                                    "cycles": int(t.cycles),
+                                    "values": [int(v) for v in t.values]})
                 cycle += 1
                 if cycle > max_cycles:
                     raise AssertionError(f"no result after {max_cycles} cycles: the engine hangs")
@@ -49,7 +61,8 @@ def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
                 if lv and lr:
                     logits.append((int(lp.index), int(lp.value)))
                 if rv and rr:
-                    out.append((logits, int(rp.klass), int(rp.cycles)))
+                    out.append((logits, int(rp.klass), int(rp.cycles))
+                               + ((records,) if traced else ()))
                     todo.pop(0)
                     break
                 if interrupt is not None and cycle == interrupt:

@@ -78,9 +78,13 @@ def _walk(layer: Layer, events: torch.Tensor, oy: int, ox: int) -> tuple[int, in
     return total + t_in * len(taps), total
 
 
-def engine_cycles(program: Program, result: GoldenResult, index: int, *, lanes: int
-                  ) -> CycleReport:
-    """Cycles the engine with ``lanes`` lanes takes for image ``index`` of a golden run."""
+def engine_cycles(program: Program, result: GoldenResult, index: int, *, lanes: int,
+                  trace: bool = False) -> CycleReport:
+    """Cycles the engine with ``lanes`` lanes takes for image ``index`` of a golden run.
+
+    ``trace``: the engine was built with its trace port (one cycle per trace record: per group
+    the potentials, and for firing layers the emitted levels).
+    """
     if program.mode != "bitserial":
         raise BitspikeError("the cycle model covers the engine built so far: bit-serial "
                             "Programs")
@@ -108,7 +112,7 @@ def engine_cycles(program: Program, result: GoldenResult, index: int, *, lanes: 
                 synops += walked if lay.kind == "sumpool2x2" else walked * c_out
                 for g in range(0, c_out, lanes):
                     valid = min(lanes, c_out - g)
-                    cycles += 1 + issue + 2
+                    cycles += 1 + issue + 2 + (1 + int(lay.fires) if trace else 0)
                     if lay.fires:
                         ones = int(out_bits[:, g:g + valid, oy, ox].sum())
                         cycles += 1 + lay.t_out + 1 + ones + 1

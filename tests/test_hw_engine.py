@@ -193,3 +193,68 @@ def test_verilog_has_no_multiplier(mlp):
     text = verilog.convert(dut, name="bitspike_engine", emit_src=False)
     assert "module bitspike_engine" in text and "i_stream__valid" in text
     assert " * " not in text  # no multiplication anywhere
+
+
+def _golden_trace(program: Program, golden, n: int, lanes: int) -> list[dict]:
+    """The trace records the engine must emit for image ``n`` (same order and contents)."""
+    records = []
+    for li, lay in enumerate(program.layers):
+        u0 = golden.accumulators[li][n][-1]
+        if lay.bias is not None:
+            u0 = u0 + torch.from_numpy(lay.bias).view(-1, *[1] * (u0.dim() - 1))
+        u0 = u0 if u0.dim() == 3 else u0.view(-1, 1, 1)
+        levels = golden.levels[li][n]
+        levels = levels if levels.dim() == 3 else levels.view(-1, 1, 1)
+        c_out, oh, ow = u0.shape
+        for oy in range(oh):
+            for ox in range(ow):
+                for g, c0 in enumerate(range(0, c_out, lanes)):
+                    def lane_values(x, oy=oy, ox=ox, c0=c0, c_out=c_out):
+                        return [int(x[c, oy, ox]) if c < c_out else 0
+                                for c in range(c0, c0 + lanes)]
+                    where = {"layer": li, "oy": oy, "ox": ox, "group": g}
+                    records.append({"kind": 0, **where, "values": lane_values(u0)})
+                    if lay.fires:
+                        records.append({"kind": 1, **where, "values": lane_values(levels)})
+    return records
+
+
+def _check_trace(program: Program, images: torch.Tensor, lanes: int, **kw) -> None:
+    dut = Engine(config=EngineConfig.for_program(program, lanes=lanes), program=program,
+                 trace=True)
+    got = run_engine(dut, list(images), **kw)
+    golden = run_program(program, images, trace=True)
+    for n, (logits, klass, cycles, records) in enumerate(got):
+        assert [v for _, v in logits] == golden.logits[n].tolist()
+        assert klass == int(golden.classes[n])
+        expected = _golden_trace(program, golden, n, lanes)
+        assert [{k: v for k, v in r.items() if k != "cycles"} for r in records] == expected
+        stamps = [r["cycles"] for r in records]
+        assert stamps == sorted(stamps) and stamps[-1] < cycles
+        if kw.get("ready_prob", 1.0) == 1.0:
+            assert cycles == engine_cycles(program, golden, n, lanes=lanes, trace=True).total
+
+
+def test_trace_records_potentials_levels_and_stamps(mlp, digits):
+    _check_trace(mlp, digits.x_test[:1], 8)
+
+
+def test_trace_under_back_pressure(mlp, digits):
+    _check_trace(mlp, digits.x_test[:1], 16, ready_prob=0.5, seed=5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), lanes=st.sampled_from([1, 3]))
+def test_trace_of_random_conv_pool_programs(data, lanes):
+    program = _random_conv_program(data.draw)
+    n = int(np.prod(program.input.shape))
+    images = torch.tensor(data.draw(st.lists(st.integers(0, program.input.max_level),
+                                             min_size=n, max_size=n)))
+    _check_trace(program, images.view(1, *program.input.shape), lanes)
+
+
+def test_no_trace_port_unless_asked(mlp):
+    from amaranth.hdl import Fragment
+    dut = Engine(config=EngineConfig.for_program(mlp, lanes=4), program=mlp)
+    assert not hasattr(dut, "o_trace") and "o_trace" not in dict(dut.signature.members)
+    Fragment.get(dut, None)  # elaborates without it
