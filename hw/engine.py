@@ -21,10 +21,10 @@ from amaranth.lib.wiring import In, Out
 
 from ..sw.errors import BitspikeError
 from ..sw.program import Program
-from .config import EngineConfig
+from .config import EngineConfig, pack_weights
 from .lanes import AccumulateLanes, LaneCommand
 
-__all__ = ["Engine", "EngineUnsupported", "engine_layer_table", "pack_engine_weights"]
+__all__ = ["Engine", "EngineUnsupported", "engine_layer_table"]
 
 KIND_DENSE, KIND_CONV, KIND_POOL = 0, 1, 2
 
@@ -62,32 +62,6 @@ def engine_layer_table(program: Program, lanes: int) -> list[dict]:
                      "in_flat": int(kind == KIND_DENSE), "n_in": c_in * h * w})
         w_base += groups * per_group
         b_base += groups if kind != KIND_POOL else 0
-    return rows
-
-
-def pack_engine_weights(program: Program, lanes: int, weight_bits: int) -> list[int]:
-    """P-wide weight rows in the order the engine walks them.
-
-    Per layer and group ``g`` of ``P`` output channels, one row per input ``j``: dense layers
-    use the flattened input index (the bundle's order); 3x3 convolutions use
-    ``j = (dy * 3 + dx) * C_in + c`` so that a tap's channels are consecutive rows.
-    """
-    mask = (1 << weight_bits) - 1
-    rows = []
-    for lay in program.layers:
-        if lay.weights is None:
-            continue
-        w = np.asarray(lay.weights, dtype=np.int64)
-        if lay.kind == "conv3x3":  # (C_out, C_in, 3, 3) -> (C_out, tap, C_in)
-            w = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-        c_out = w.shape[0]
-        for g in range(0, c_out, lanes):
-            block = w[g:g + lanes]
-            for j in range(w.shape[1]):
-                row = 0
-                for p in range(block.shape[0]):
-                    row |= (int(block[p, j]) & mask) << (p * weight_bits)
-                rows.append(row)
     return rows
 
 
@@ -195,8 +169,10 @@ class Engine(wiring.Component):
         table = self._table
 
         # ------------------------------------------------------------ layer table (ROM)
-        big = _bits(max(max(r["rows"] * r["groups"] + r["w_base"] for r in table),
-                        max(r["c_out"] * max(r["ohw"], 1) for r in table), 2))
+        # every count-like field must hold the largest value any layer has (n_in, rows, bases)
+        big = _bits(max(2, max(r["rows"] * r["groups"] + r["w_base"] for r in table),
+                        max(r["c_out"] * max(r["ohw"], 1) for r in table),
+                        max(v for r in table for v in r.values())))
         layout = data.StructLayout({
             "kind": unsigned(2), "c_in": unsigned(big), "h": unsigned(hb + 1),
             "w": unsigned(wb + 1), "c_out": unsigned(big), "oh": unsigned(hb + 1),
@@ -214,7 +190,7 @@ class Engine(wiring.Component):
         # ------------------------------------------------------------ parameters
         m.submodules.weights = w_mem = Memory(
             shape=unsigned(P * W), depth=max(1, cfg.weight_depth),
-            init=pack_engine_weights(prog, P, W))
+            init=pack_weights(prog, P, weight_bits=W)[0])
         w_rd = w_mem.read_port()
         weighted = [lay for lay in prog.layers if lay.bias is not None]
         bias_rows = _pack_channel_rows([lay.bias for lay in weighted], P, cfg.bias_bits)

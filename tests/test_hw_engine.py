@@ -258,3 +258,18 @@ def test_no_trace_port_unless_asked(mlp):
     dut = Engine(config=EngineConfig.for_program(mlp, lanes=4), program=mlp)
     assert not hasattr(dut, "o_trace") and "o_trace" not in dict(dut.signature.members)
     Fragment.get(dut, None)  # elaborates without it
+
+
+def test_input_larger_than_every_weight_block():
+    """Regression: the layer table's fields must hold the pixel count (32 > 22 weight rows)."""
+    layers = [Layer("conv0", "conv3x3", (2, 4, 4), (1, 4, 4), 1, 1, 1, True,
+                    weights=np.zeros((1, 2, 3, 3), int), bias=np.array([0]),
+                    threshold=np.array([1])),
+              Layer("pool0", "sumpool2x2", (1, 4, 4), (1, 2, 2), 1, 3, 4, True),
+              Layer("out", "dense", (1, 2, 2), (1,), 3, 0, 0, False,
+                    weights=np.zeros((1, 4), int), bias=np.array([0]))]
+    program = Program("bitserial", InputSpec((2, 4, 4), 1, 1), layers, 3, t_steps=1)
+    program.validate()
+    images = torch.stack([torch.zeros(2, 4, 4, dtype=torch.int64),
+                          torch.ones(2, 4, 4, dtype=torch.int64)])
+    check(program, images, 1)
