@@ -15,12 +15,15 @@ weight memory has rows of ``P`` words. For each layer with weights:
 
 - the output channels are cut into ``G = ceil(C_out / P)`` groups of ``P`` consecutive channels,
   ``C_out`` padded with zero weights up to ``G * P``;
+- the inputs are numbered in the engine's walk order: the flat input index of a dense layer (as
+  in the bundle), and ``j = (dy * 3 + dx) * C_in + c`` for a conv3x3 layer (tap-major, so that
+  one tap's channels are consecutive rows; the bundle's conv order is channel-major);
 - the block is **group-major**: the row of group ``g`` (channels ``g P .. g P + P - 1``) and input
   ``j`` is::
 
       row(g, j) = layer_row_base + g * fan_in + j
 
-  and holds the ``P`` consecutive input-major words ``w[g P + p, j]`` for ``p = 0..P-1``
+  and holds the ``P`` weights ``w[g P + p, j]`` for ``p = 0..P-1``
   (0 where ``g P + p >= C_out``); lane ``p`` occupies bits ``p * W .. p * W + W - 1`` (lane 0 in
   the low bits) as a ``W``-bit two's-complement word, ``W`` = the engine's ``weight_bits``;
 - a layer's block has ``fan_in * G`` rows; the blocks follow one another in layer order without
@@ -91,6 +94,26 @@ def weight_rows(program: Program, lanes: int) -> list[int]:
             for lay in program.layers]
 
 
+def _walk_order(layer) -> np.ndarray:
+    """``(C_out, fan_in)`` weights with the inputs in the order the engine walks them.
+
+    Dense layers: the flattened input index (the bundle's order). 3x3 convolutions: tap-major,
+    ``j = (dy * 3 + dx) * C_in + c``, so that one tap's channels are consecutive rows.
+    """
+    w = np.asarray(layer.weights, dtype=np.int64)
+    if layer.kind == "conv3x3":  # (C_out, C_in, 3, 3) -> (C_out, 3, 3, C_in)
+        w = w.transpose(0, 2, 3, 1)
+    return w.reshape(w.shape[0], -1)
+
+
+def _from_walk_order(walked: np.ndarray, layer) -> np.ndarray:
+    """Inverse of :func:`_walk_order`."""
+    if layer.kind == "conv3x3":
+        c_out, c_in = layer.weights.shape[:2]
+        return walked.reshape(c_out, 3, 3, c_in).transpose(0, 3, 1, 2).copy()
+    return walked.reshape(layer.weights.shape)
+
+
 def _group_major(weights: np.ndarray, lanes: int) -> np.ndarray:
     """``(C_out, ...)`` weights -> ``(G * fan_in, lanes)`` words, row ``g * fan_in + j``."""
     c_out = weights.shape[0]
@@ -148,7 +171,7 @@ def pack_weights(program: Program, lanes: int, *,
         bases.append(len(rows))
         if lay.weights is None:
             continue
-        words = _group_major(np.asarray(lay.weights, dtype=np.int64), lanes)
+        words = _group_major(_walk_order(lay), lanes)
         if words.size and (words.min() < lo or words.max() > hi):
             raise ValueError(f"layer {lay.name}: a weight does not fit {weight_bits} bits")
         for row in words.tolist():
@@ -181,7 +204,7 @@ def unpack_weights(rows, layer_row_base, program: Program, lanes: int, *,
         c_out = lay.out_channels
         if np.any(full[c_out:]):
             raise ValueError(f"layer {lay.name}: a padded lane holds a nonzero weight")
-        out.append(full[:c_out].reshape(lay.weights.shape))
+        out.append(_from_walk_order(full[:c_out], lay))
     return out
 
 

@@ -278,6 +278,7 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compare import DEFAULT_STEPS
     from .models import ARCHS
     from .program import METHODS
     from .qcfs import ACTIVATIONS
@@ -383,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="architecture (default: digits-cnn)")
     sp.add_argument("--levels", type=int, default=15, metavar="L",
                     help="QCFS levels of the qcfs/srp source (default: 15)")
-    sp.add_argument("--steps", type=_int_list, default=(1, 2, 3, 4, 6, 8, 16, 32),
-                    metavar="T,T,...", help="time steps (default: 1,2,3,4,6,8,16,32)")
+    sp.add_argument("--steps", type=_int_list, default=DEFAULT_STEPS, metavar="T,T,...",
+                    help=f"time steps (default: {','.join(map(str, DEFAULT_STEPS))})")
     sp.add_argument("--methods", default=",".join(METHODS), metavar="M,M,...",
                     help=f"methods (default: {','.join(METHODS)})")
     sp.add_argument("--tau", type=int, default=DEFAULT_TAU,

@@ -210,7 +210,7 @@ def _lane(row: int, p: int, bits: int) -> int:
 @pytest.mark.parametrize("name", ["digits-cnn", "digits-mlp", "rate-qcfs"])
 @pytest.mark.parametrize("lanes", LANES)
 def test_pack_weights_matches_the_bundle_layout(programs, name, lanes):
-    """Row base + g * fan_in + j holds the bundle's input-major words j * C_out + g P + p."""
+    """Row base + g * fan_in + j holds the bundle's words of input j (conv: tap-major j)."""
     program = programs[name]
     bits = program.weight_bits
     rows, bases = pack_weights(program, lanes)
@@ -224,7 +224,11 @@ def test_pack_weights_matches_the_bundle_layout(programs, name, lanes):
         c_out, fan_in = lay.out_channels, lay.fan_in
         groups = -(-c_out // lanes)
         words = np.zeros((fan_in, groups * lanes), dtype=np.int64)
-        words[:, :c_out] = weights_to_words(lay).reshape(fan_in, c_out)
+        bundle = weights_to_words(lay).reshape(fan_in, c_out)  # bundle input j_b, channel
+        if lay.kind == "conv3x3":  # engine j = (dy * 3 + dx) * C_in + c; bundle j_b = c * 9 + tap
+            c_in = lay.in_shape[0]
+            bundle = bundle.reshape(c_in, 9, c_out).transpose(1, 0, 2).reshape(fan_in, c_out)
+        words[:, :c_out] = bundle
         got = np.array([[_lane(rows[base + g * fan_in + j], p, bits) for p in range(lanes)]
                         for g in range(groups) for j in range(fan_in)])
         want = words.reshape(fan_in, groups, lanes).transpose(1, 0, 2).reshape(-1, lanes)
