@@ -3,13 +3,17 @@
 A group of ``P`` output neurons keeps its accumulators here while the inputs of all time steps
 stream past (output-stationary). Bit-serial Horner accumulation is ``CLEAR``, then per input time
 step one ``SHIFT`` followed by one ``ADD`` per active input, then ``ADD_BIAS`` (``u0 = acc + B``);
-a rate-mode step is ``ADD`` per active input and ``ADD_BIAS``. There is no multiplier: a weight
+a rate-mode step is ``ADD`` per active input and ``ADD_BIAS``. The engine uses the fused form that
+costs one cycle per event and nothing per plane: ``LOAD`` for a segment's first event, then
+``SHIFT_ADD`` with the number of planes crossed since the previous event (``acc = (acc << s) +
+w``); the bias and the trailing shift are applied where the potential is handed to the firing
+stage. There is no multiplier: a weight
 is only ever added, and the input bit planes' place values come from the left shifts.
 """
 
 # No ``from __future__ import annotations`` here: wiring.Component reads real annotations.
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -24,6 +28,9 @@ class LaneCommand(enum.Enum, shape=3):
     SHIFT = 2  #: ``acc[p] <<= 1``: the bit-serial time-step boundary (Horner)
     ADD = 3  #: ``acc[p] += weights[p]``, the sign-extended weight of lane ``p``
     ADD_BIAS = 4  #: ``acc[p] += bias[p]``
+    LOAD = 5  #: ``acc[p] = weights[p]``: the first event of a segment (no clear cycle)
+    SHIFT_ADD = 6  #: ``acc[p] = (acc[p] << shift) + weights[p]``: Horner across ``shift``
+    #: plane boundaries and the add of the next event in one cycle (``shift = 0``: plain add)
 
 
 def _positive(name, value, low):
@@ -56,17 +63,24 @@ class AccumulateLanes(wiring.Component):
         Width of each signed weight word (>= 2).
     bias_bits : int
         Width of each signed bias word (>= 1).
+    max_shift : int
+        The largest ``SHIFT_ADD`` shift (>= 1; the engine's ``max_t``).
 
     Members
     -------
     cmd : In(LaneCommand)
         The command of this cycle.
+    shift : In(range(max_shift + 1))
+        The left shift of ``SHIFT_ADD``.
     weights : In(ArrayLayout(signed(weight_bits), lanes))
         The ``P`` weights ``ADD`` adds, lane 0 in the low bits.
     bias : In(ArrayLayout(signed(bias_bits), lanes))
         The ``P`` biases ``ADD_BIAS`` adds, lane 0 in the low bits.
     acc : Out(ArrayLayout(signed(acc_bits), lanes))
         The accumulators (registers; reset to 0).
+    next : Out(ArrayLayout(signed(acc_bits), lanes))
+        What ``acc`` becomes at the clock edge (combinational): the engine hands a finished
+        segment's sum to the firing stage from here in the cycle of its last add.
     overflow : Out(1)
         Sticky: set from the cycle after any lane's exact result of ``SHIFT``, ``ADD`` or
         ``ADD_BIAS`` falls outside ``-2**(acc_bits-1) .. 2**(acc_bits-1) - 1`` (the register
@@ -79,8 +93,10 @@ class AccumulateLanes(wiring.Component):
         A parameter that is not an integer in its range.
     """
 
-    def __init__(self, *, lanes: int, acc_bits: int, weight_bits: int, bias_bits: int):
+    def __init__(self, *, lanes: int, acc_bits: int, weight_bits: int, bias_bits: int,
+                 max_shift: int = 1):
         try:
+            self._max_shift = _positive("max_shift", max_shift, 1)
             self._lanes = _positive("lanes", lanes, 1)
             self._acc_bits = _positive("acc_bits", acc_bits, 1)
             self._weight_bits = _positive("weight_bits", weight_bits, 2)
@@ -91,9 +107,11 @@ class AccumulateLanes(wiring.Component):
             raise
         super().__init__({
             "cmd": In(LaneCommand),
+            "shift": In(range(max_shift + 1)),
             "weights": In(data.ArrayLayout(signed(weight_bits), lanes)),
             "bias": In(data.ArrayLayout(signed(bias_bits), lanes)),
             "acc": Out(data.ArrayLayout(signed(acc_bits), lanes)),
+            "next": Out(data.ArrayLayout(signed(acc_bits), lanes)),
             "overflow": Out(1),
         })
 
@@ -101,11 +119,16 @@ class AccumulateLanes(wiring.Component):
     def for_config(cls, config) -> "AccumulateLanes":
         """The lanes of an :class:`~bitspike.hw.config.EngineConfig`."""
         return cls(lanes=config.lanes, acc_bits=config.acc_bits,
-                   weight_bits=config.weight_bits, bias_bits=config.bias_bits)
+                   weight_bits=config.weight_bits, bias_bits=config.bias_bits,
+                   max_shift=config.max_t)
 
     @property
     def lanes(self) -> int:
         return self._lanes
+
+    @property
+    def max_shift(self) -> int:
+        return self._max_shift
 
     @property
     def acc_bits(self) -> int:
@@ -121,8 +144,8 @@ class AccumulateLanes(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # wide enough for every exact result: acc << 1, acc + weight, acc + bias
-        wide = max(self._acc_bits, self._weight_bits, self._bias_bits) + 1
+        # wide enough for every exact result: acc << shift (+ weight), acc + bias
+        wide = max(self._acc_bits + self._max_shift, self._weight_bits, self._bias_bits) + 1
         lo, hi = -(1 << (self._acc_bits - 1)), (1 << (self._acc_bits - 1)) - 1
         overflows = []
         for p in range(self._lanes):
@@ -138,6 +161,11 @@ class AccumulateLanes(wiring.Component):
                     m.d.comb += [exact.eq(acc + self.weights[p]), write.eq(1)]
                 with m.Case(LaneCommand.ADD_BIAS):
                     m.d.comb += [exact.eq(acc + self.bias[p]), write.eq(1)]
+                with m.Case(LaneCommand.LOAD):
+                    m.d.comb += [exact.eq(self.weights[p]), write.eq(1)]
+                with m.Case(LaneCommand.SHIFT_ADD):
+                    m.d.comb += [exact.eq((acc << self.shift) + self.weights[p]), write.eq(1)]
+            m.d.comb += self.next[p].eq(Mux(write, exact[:self._acc_bits], acc))
             with m.If(write):
                 m.d.sync += acc.eq(exact[:self._acc_bits])
             overflows.append(write & ((exact < lo) | (exact > hi)))
@@ -152,7 +180,7 @@ class AccumulateLanes(wiring.Component):
 class AccumulateLanesModel:
     """Python reference of :class:`AccumulateLanes`, cycle for cycle, in unbounded integers.
 
-    ``step(cmd, weights, bias)`` applies one command (``weights`` and ``bias`` are sequences of
+    ``step(cmd, weights, bias, shift)`` applies one command (``weights`` and ``bias`` are sequences of
     ``lanes`` integers) and returns the accumulators the hardware shows after the clock edge.
     """
 
@@ -168,7 +196,7 @@ class AccumulateLanesModel:
             self.overflow = True
         return ((v + half) % (2 * half)) - half
 
-    def step(self, cmd: LaneCommand, weights=None, bias=None) -> list[int]:
+    def step(self, cmd: LaneCommand, weights=None, bias=None, shift: int = 0) -> list[int]:
         cmd = LaneCommand(cmd)
         if cmd == LaneCommand.CLEAR:
             self.acc = [0] * self.lanes
@@ -178,4 +206,9 @@ class AccumulateLanesModel:
             self.acc = [self._wrap(a + int(w)) for a, w in zip(self.acc, weights, strict=True)]
         elif cmd == LaneCommand.ADD_BIAS:
             self.acc = [self._wrap(a + int(b)) for a, b in zip(self.acc, bias, strict=True)]
+        elif cmd == LaneCommand.LOAD:
+            self.acc = [self._wrap(int(w)) for w in weights]
+        elif cmd == LaneCommand.SHIFT_ADD:
+            self.acc = [self._wrap((a << shift) + int(w))
+                        for a, w in zip(self.acc, weights, strict=True)]
         return list(self.acc)

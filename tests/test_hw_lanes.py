@@ -25,15 +25,20 @@ C = LaneCommand
 
 
 def run(dut, steps):
-    """Apply ``(cmd, weights, bias)`` per cycle; return ``(acc list, overflow)`` after each."""
+    """Apply ``(cmd, weights, bias[, shift])`` per cycle; return ``(acc list, overflow)`` after
+    each; ``next`` (combinational) must show the value ``acc`` takes at the edge."""
     seen = []
 
     async def tb(ctx):
-        for cmd, weights, bias in steps:
+        for cmd, weights, bias, *shift in steps:
             ctx.set(dut.cmd, cmd)
             ctx.set(dut.weights, weights)
             ctx.set(dut.bias, bias)
+            ctx.set(dut.shift, shift[0] if shift else 0)
+            upcoming = ctx.get(dut.next)
             await ctx.tick()
+            assert [upcoming[p] for p in range(dut.lanes)] == [
+                ctx.get(dut.acc)[p] for p in range(dut.lanes)], "next != acc after the edge"
             acc = ctx.get(dut.acc)
             seen.append(([acc[p] for p in range(dut.lanes)], ctx.get(dut.overflow)))
 
@@ -54,22 +59,25 @@ def programs_of_commands(draw):
     acc_bits = draw(st.integers(1, 10))
     weight_bits = draw(st.integers(2, 6))
     bias_bits = draw(st.integers(1, 6))
+    max_shift = draw(st.integers(1, 4))
     step = st.tuples(st.sampled_from(list(LaneCommand)),
                      st.lists(_signed(weight_bits), min_size=lanes, max_size=lanes),
-                     st.lists(_signed(bias_bits), min_size=lanes, max_size=lanes))
+                     st.lists(_signed(bias_bits), min_size=lanes, max_size=lanes),
+                     st.integers(0, max_shift))
     steps = draw(st.lists(step, min_size=1, max_size=40))
-    return lanes, acc_bits, weight_bits, bias_bits, steps
+    return lanes, acc_bits, weight_bits, bias_bits, max_shift, steps
 
 
 @settings(max_examples=100, deadline=None)
 @given(programs_of_commands())
 def test_random_commands_match_the_model(case):
-    lanes, acc_bits, weight_bits, bias_bits, steps = case
+    lanes, acc_bits, weight_bits, bias_bits, max_shift, steps = case
     dut = AccumulateLanes(lanes=lanes, acc_bits=acc_bits, weight_bits=weight_bits,
-                          bias_bits=bias_bits)
+                          bias_bits=bias_bits, max_shift=max_shift)
     model = AccumulateLanesModel(lanes=lanes, acc_bits=acc_bits)
-    for (cmd, weights, bias), (acc, overflow) in zip(steps, run(dut, steps), strict=True):
-        assert acc == model.step(cmd, weights, bias), cmd
+    for (cmd, weights, bias, shift), (acc, overflow) in zip(steps, run(dut, steps),
+                                                            strict=True):
+        assert acc == model.step(cmd, weights, bias, shift), cmd
         assert overflow == model.overflow
 
 
@@ -97,6 +105,37 @@ def test_horner_over_bit_planes_is_the_exact_dot_product(data, lanes, t, inputs)
     seen = run(dut, steps)
     acc, _ = seen[-1]
     assert acc == [int(w[p] @ np.array(k)) + b[p] for p in range(lanes)]
+    assert not any(overflow for _, overflow in seen)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), lanes=st.sampled_from([1, 4]), t=st.integers(1, 6),
+       inputs=st.integers(1, 12))
+def test_fused_horner_costs_one_cycle_per_event(data, lanes, t, inputs):
+    """The engine's form: LOAD the first event, then SHIFT_ADD with the planes crossed since the
+    previous event; the trailing shift and the bias are added by the firing stage."""
+    w = np.array(data.draw(st.lists(st.lists(_signed(8), min_size=inputs, max_size=inputs),
+                                    min_size=lanes, max_size=lanes)))
+    k = data.draw(st.lists(st.integers(0, 2**t - 1), min_size=inputs, max_size=inputs))
+    acc_bits = signed_bits(int((np.abs(w).sum(axis=1) * (2**t - 1)).max()))
+    zeros = [0] * lanes
+    events = [(plane, j) for plane in range(t) for j in range(inputs)
+              if k[j] >> (t - 1 - plane) & 1]  # plane 0 is the most significant
+    if not events:
+        return
+    steps, prev = [], None
+    for plane, j in events:
+        if prev is None:
+            steps.append((C.LOAD, list(w[:, j]), zeros, 0))
+        else:
+            steps.append((C.SHIFT_ADD, list(w[:, j]), zeros, plane - prev))
+        prev = plane
+    assert len(steps) == len(events)  # no cycle for a plane boundary
+    dut = AccumulateLanes(lanes=lanes, acc_bits=acc_bits, weight_bits=8, bias_bits=2,
+                          max_shift=t)
+    seen = run(dut, steps)
+    acc, _ = seen[-1]
+    assert [a << (t - 1 - prev) for a in acc] == [int(w[p] @ np.array(k)) for p in range(lanes)]
     assert not any(overflow for _, overflow in seen)
 
 
@@ -216,7 +255,7 @@ def test_verilog_conversion(lanes):
     text = verilog.convert(dut, name="lanes_top", emit_src=False)
     assert "module lanes_top(" in text
     for port, width in [("cmd", 3), ("weights", 8 * lanes), ("bias", 14 * lanes),
-                        ("acc", 21 * lanes)]:
+                        ("acc", 21 * lanes), ("next", 21 * lanes)]:
         assert f"[{width - 1}:0] {port};" in text, port
     assert "output overflow;" in text
     assert " * " not in text  # no multiplier
