@@ -1,14 +1,19 @@
-"""The spiking layer engine: bit-serial dense, 3x3 convolution and 2x2 sum-pooling layers.
+"""The spiking layer engine: dense and 3x3 convolution layers with fused 2x2 sum pooling, in
+bit-serial mode (left-shift Horner accumulation, deferred successive-approximation firing) and
+rate-coded IF mode (reset by subtraction, SRP's probe and mask).
 
 Output-stationary and event-driven (docs/engine.md). A layer's input is a set of event lists,
-one per bit plane ``t`` and input position ``(y, x)`` holding the channels whose level has that
-bit set (a dense layer reads one flat list per plane holding flattened input indices). For every
-output position and group of ``P`` output channels, the lanes walk the events of the receptive
-field plane by plane (Horner: a ``SHIFT`` between planes), add the bias, fire by successive
-approximation (deferred, clipped at L) and append the 1-bits to the next layer's lists. Only
-events cost accumulate cycles; :func:`bitspike.sw.cycles.engine_cycles` predicts every cycle.
+one per time plane ``t`` (a bit plane, or a rate step) and input position ``(y, x)`` holding the
+channels active there (a dense layer reads one flat list per plane holding flattened input
+indices). A per-row *nonempty bitmap* says which lists hold anything, so the walker jumps from
+one nonempty list to the next across taps and planes without spending a cycle on an empty one:
+it issues exactly one accumulate per event. The lanes keep one group of ``P`` output channels;
+the last accumulate of a segment (all planes of a bit-serial group, one step of a rate group)
+hands the sums to the firing stage through a one-entry buffer, so firing and writing the next
+layer's lists overlap the next group's accumulation. :mod:`bitspike.sw.cycles` predicts every
+cycle and holds the layer plan this module reads.
 
-The memories are initialised from the Program; the logic depends only on the
+The memories are initialised from the Program; the logic depends on the
 :class:`~bitspike.hw.config.EngineConfig` and the layer table (a ROM).
 """
 
@@ -19,18 +24,17 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..sw.cycles import KIND_CONV, KIND_DENSE, TAPS, PlanError, layer_plan
 from ..sw.errors import BitspikeError
 from ..sw.program import Program
 from .config import EngineConfig, pack_weights
 from .lanes import AccumulateLanes, LaneCommand
 
-__all__ = ["Engine", "EngineUnsupported", "engine_layer_table"]
-
-KIND_DENSE, KIND_CONV, KIND_POOL = 0, 1, 2
+__all__ = ["Engine", "EngineUnsupported"]
 
 
 class EngineUnsupported(BitspikeError):
-    """The Program uses a mode this engine build does not run yet."""
+    """The Program uses a layer sequence this engine does not run."""
 
 
 def _bits(n: int) -> int:
@@ -40,29 +44,6 @@ def _bits(n: int) -> int:
 def _map(shape) -> tuple[int, int, int]:
     shape = tuple(shape)
     return shape if len(shape) == 3 else (shape[0], 1, 1)
-
-
-def engine_layer_table(program: Program, lanes: int) -> list[dict]:
-    """The engine's view of each layer (also the cycle model's): shapes, groups, row bases."""
-    rows, w_base, b_base = [], 0, 0
-    layers = program.layers
-    for i, lay in enumerate(layers):
-        c_in, h, w = _map(lay.in_shape)
-        c_out, oh, ow = _map(lay.out_shape)
-        groups = -(-c_out // lanes)
-        kind = {"dense": KIND_DENSE, "conv3x3": KIND_CONV, "sumpool2x2": KIND_POOL}[lay.kind]
-        per_group = lay.fan_in if kind != KIND_POOL else 0
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        out_flat = int(nxt is not None and nxt.kind == "dense")
-        rows.append({"kind": kind, "c_in": c_in, "h": h, "w": w, "c_out": c_out, "oh": oh,
-                     "ow": ow, "groups": groups, "rows": per_group, "t_in": lay.t_in,
-                     "t_out": lay.t_out, "levels": lay.levels, "fires": int(lay.fires),
-                     "last": int(nxt is None), "w_base": w_base, "b_base": b_base,
-                     "out_flat": out_flat, "ohw": oh * ow,
-                     "in_flat": int(kind == KIND_DENSE), "n_in": c_in * h * w})
-        w_base += groups * per_group
-        b_base += groups if kind != KIND_POOL else 0
-    return rows
 
 
 def _pack_channel_rows(arrays, lanes: int, bits: int) -> list[int]:
@@ -77,35 +58,52 @@ def _pack_channel_rows(arrays, lanes: int, bits: int) -> list[int]:
     return rows
 
 
+def _lowest(m, bits, width, name):
+    """Priority encoder: (valid, index) of the lowest set bit of ``bits``."""
+    valid = Signal(name=f"{name}_valid")
+    index = Signal(range(max(2, width)), name=f"{name}_index")
+    m.d.comb += valid.eq(bits.any())
+    for i in reversed(range(width)):
+        with m.If(bits[i]):
+            m.d.comb += index.eq(i)
+    return valid, index
+
+
 class Engine(wiring.Component):
-    """Bit-serial engine for dense, conv3x3 and sumpool2x2 layers with ``P`` lanes.
+    """Spiking layer engine with ``P`` lanes for bit-serial and rate-coded Programs.
 
     Parameters
     ----------
     config : EngineConfig
         Lanes, widths and depths; the Program must fit it (:meth:`EngineConfig.check_fits`).
     program : Program
-        A bit-serial Program; it initialises the memories and the layer table.
+        A bit-serial or rate Program; it initialises the memories and the layer table.
+    trace : bool
+        Add the ``o_trace`` stream.
 
     Members
     -------
     i_stream : In(stream.Signature(unsigned(max_t)))
         Input pixel levels, one per transfer, in the Program's flattened (C, H, W) order.
     o_logits : Out(stream.Signature(logit_layout))
-        ``index`` and ``value`` (``acc + B``) of every output neuron, in index order.
+        ``index`` and ``value`` of every output neuron, in index order (bit-serial ``acc + B``;
+        rate: the sum of ``acc + B`` over the last ``t_steps`` steps).
     o_result : Out(stream.Signature(result_layout))
         ``klass`` (argmax, ties to the lowest index) and ``cycles`` (from the first pixel
         accepted to the result).
     o_trace : Out(stream.Signature(trace_layout)), only with ``trace=True``
-        Per output position and group: a record of the P potentials ``u0 = acc + B`` (kind 0,
-        also for the output layer), and for a firing layer a record of the P emitted levels
-        (kind 1), each with the layer, position, group and cycle stamp. Each record costs one
-        cycle (more under back-pressure); without ``trace`` the port does not exist.
+        Per output position and group (and step, in rate mode) of every firing layer: a record
+        of the ``P`` potentials (kind 0: bit-serial ``u0 = acc + B``, rate the potential after
+        the step's integration) and one of the ``P`` emitted values (kind 1: levels after the
+        clip, or the step's spikes after SRP's mask); a fused bit-serial pool adds a kind 1
+        record of the pooled levels (its own layer index); the output layer one kind 0 record
+        of its logits per group. Each carries the layer, position, group, step and the cycle
+        stamp, and costs one cycle (more under back-pressure).
 
     Raises
     ------
     EngineUnsupported
-        For a rate-mode Program (that datapath is not built yet).
+        A layer sequence the schedule does not run (a pool not after a firing conv3x3).
     EngineFitError
         When the Program does not fit the configuration (names each shortfall).
     """
@@ -116,38 +114,37 @@ class Engine(wiring.Component):
         if not isinstance(program, Program):
             raise TypeError(f"program must be a Program, not {program!r}")
         try:
-            if program.mode != "bitserial":
-                raise EngineUnsupported(
-                    f"this engine build runs bit-serial Programs; {program.method} is a "
-                    f"{program.mode} Program (the rate datapath is not built yet)")
             config.check_fits(program)
+            try:
+                self._plan = layer_plan(program, config.lanes)
+            except PlanError as error:
+                raise EngineUnsupported(str(error)) from None
         except BitspikeError:
             self._MustUse__silence = True  # refused before it could be used: no warning
             raise
         self._config, self._program, self._lanes = config, program, config.lanes
-        self._table = engine_layer_table(program, config.lanes)
         maps = [_map(lay.in_shape) for lay in program.layers] + [
             _map(lay.out_shape) for lay in program.layers]
         self._hb = _bits(max(h for _, h, _ in maps) - 1)
         self._wb = _bits(max(w for _, _, w in maps) - 1)
-        longest = max(max(r["c_in"] * (r["h"] * r["w"] if r["in_flat"] else 1),
-                          r["c_out"] * (r["ohw"] if r["out_flat"] else 1))
-                      for r in self._table)
-        self._cb = _bits(longest)  # one list holds at most `longest` events
         self._tb = _bits(config.max_t - 1)
-        self._idx_bits = _bits(longest - 1)
+        longest = max(r["capacity"] for r in self._plan)
+        self._cb = _bits(longest)  # one list holds at most `longest` events
+        self._idx_bits = _bits(max(max(r["n_in"] for r in self._plan),
+                                   max(r["c_out"] * r["wr_hw"] for r in self._plan)) - 1)
         self._logit_layout = data.StructLayout({
-            "index": unsigned(_bits(program.classes)), "value": signed(config.acc_bits)})
+            "index": unsigned(_bits(program.classes)), "value": signed(config.acc_bits + 2)})
         self._result_layout = data.StructLayout({
             "klass": unsigned(_bits(program.classes - 1)), "cycles": unsigned(32)})
         self._trace = bool(trace)
         self._trace_layout = data.StructLayout({
-            "kind": unsigned(1),  # 0: potentials after the bias (u0), 1: emitted levels
+            "kind": unsigned(1),  # 0: potentials (or logits), 1: emitted levels or spikes
             "layer": unsigned(_bits(len(program.layers))),
             "oy": unsigned(self._hb + 1), "ox": unsigned(self._wb + 1),
-            "group": unsigned(_bits(max(r["groups"] for r in self._table))),
+            "group": unsigned(_bits(max(r["groups"] for r in self._plan))),
+            "step": unsigned(_bits(max(1, program.rate_steps))),
             "cycles": unsigned(32),
-            "values": data.ArrayLayout(signed(config.acc_bits + 1), config.lanes)})
+            "values": data.ArrayLayout(signed(config.acc_bits + 2), config.lanes)})
         ports = {
             "i_stream": In(stream.Signature(unsigned(config.max_t))),
             "o_logits": Out(stream.Signature(self._logit_layout)),
@@ -161,28 +158,26 @@ class Engine(wiring.Component):
     def config(self) -> EngineConfig:
         return self._config
 
-    def elaborate(self, platform):
+    @property
+    def plan(self) -> list[dict]:
+        """The executed layers (the layer table), from :func:`bitspike.sw.cycles.layer_plan`."""
+        return [dict(row) for row in self._plan]
+
+    def elaborate(self, platform):  # noqa: C901 - one sequencer, read top to bottom
         m = Module()
         cfg, prog, P = self._config, self._program, self._lanes
         W, AB, T = cfg.weight_bits, cfg.acc_bits, cfg.max_t
         hb, wb, cb, tb = self._hb, self._wb, self._cb, self._tb
-        table = self._table
+        plan = self._plan
+        NL = T * TAPS  # walker slots: (plane, tap), plane-major
+        VB = AB + 2  # potentials: acc + B, and rate's v + acc + B
+        rate = prog.mode == "rate"
 
         # ------------------------------------------------------------ layer table (ROM)
-        # every count-like field must hold the largest value any layer has (n_in, rows, bases)
-        big = _bits(max(2, max(r["rows"] * r["groups"] + r["w_base"] for r in table),
-                        max(r["c_out"] * max(r["ohw"], 1) for r in table),
-                        max(v for r in table for v in r.values())))
-        layout = data.StructLayout({
-            "kind": unsigned(2), "c_in": unsigned(big), "h": unsigned(hb + 1),
-            "w": unsigned(wb + 1), "c_out": unsigned(big), "oh": unsigned(hb + 1),
-            "ow": unsigned(wb + 1), "groups": unsigned(big), "rows": unsigned(big),
-            "t_in": unsigned(_bits(T)), "t_out": unsigned(_bits(T + 2)),
-            "levels": unsigned(T), "fires": unsigned(1), "last": unsigned(1),
-            "w_base": unsigned(big), "b_base": unsigned(big), "out_flat": unsigned(1),
-            "ohw": unsigned(big), "in_flat": unsigned(1), "n_in": unsigned(big)})
-        m.submodules.layers = rom = Memory(shape=layout, depth=len(table), init=table)
-        layer = Signal(range(max(2, len(table))))
+        layout = data.StructLayout({key: unsigned(_bits(max(r[key] for r in plan)))
+                                    for key in plan[0]})
+        m.submodules.layers = rom = Memory(shape=layout, depth=len(plan), init=plan)
+        layer = Signal(range(max(2, len(plan))))
         desc_port = rom.read_port(domain="comb")
         m.d.comb += desc_port.addr.eq(layer)
         desc = desc_port.data
@@ -193,165 +188,236 @@ class Engine(wiring.Component):
             init=pack_weights(prog, P, weight_bits=W)[0])
         w_rd = w_mem.read_port()
         weighted = [lay for lay in prog.layers if lay.bias is not None]
-        bias_rows = _pack_channel_rows([lay.bias for lay in weighted], P, cfg.bias_bits)
-        thr_rows = _pack_channel_rows(
-            [lay.threshold if lay.threshold is not None else np.zeros(lay.out_shape[0], int)
-             for lay in weighted], P, cfg.threshold_bits)
-        m.submodules.bias = b_mem = Memory(shape=unsigned(P * cfg.bias_bits),
-                                           depth=max(1, len(bias_rows)), init=bias_rows)
-        m.submodules.threshold = d_mem = Memory(shape=unsigned(P * cfg.threshold_bits),
-                                                depth=max(1, len(thr_rows)), init=thr_rows)
-        b_rd = b_mem.read_port(domain="comb")
-        d_rd = d_mem.read_port(domain="comb")
+
+        def channel_memory(name, arrays, bits):
+            rows = _pack_channel_rows(arrays, P, bits)
+            mem = Memory(shape=unsigned(P * bits), depth=max(1, len(rows)), init=rows)
+            m.submodules[name] = mem
+            port = mem.read_port(domain="comb")
+            return port, data.View(data.ArrayLayout(
+                signed(bits) if name != "threshold" else unsigned(bits), P), port.data)
+
+        def or_zeros(arr, lay):
+            return arr if arr is not None else np.zeros(lay.out_shape[0], int)
+
+        b_rd, bias = channel_memory("bias", [lay.bias for lay in weighted], cfg.bias_bits)
+        d_rd, thresholds = channel_memory(
+            "threshold", [or_zeros(lay.threshold, lay) for lay in weighted],
+            cfg.threshold_bits)
+        param_ports = [b_rd, d_rd]
+        if rate:
+            v_rd, v_inits = channel_memory(
+                "v_init", [or_zeros(lay.v_init, lay) for lay in weighted],
+                max(1, cfg.v_init_bits))
+            param_ports.append(v_rd)
 
         # ------------------------------------------------------------ event lists (ping-pong)
+        # list (t, y, x): its events at Cat(k, x, y, t), its length in counts[Cat(x, y, t)]
+        # (valid only while the list's bit is set in the nonempty bitmap: row y, bit Cat(x, t))
         ev_addr_bits = cb + wb + hb + tb
         cnt_addr_bits = wb + hb + tb
-        ev_rd, ev_wr, cnt_rd, cnt_wr = [], [], [], []
+        row_bits = T << wb
+        src = Signal()
+        writing_src = Signal()  # the load and its clear fill the buffer the first layer reads
+        wbuf = Signal()
+        m.d.comb += wbuf.eq(Mux(writing_src, src, ~src))
+        ev_rd, ev_wr, cnt_rd, cnt_wr, map_rd, map_wr = [], [], [], [], [], []
         for name in "ab":
             ev = Memory(shape=unsigned(self._idx_bits), depth=1 << ev_addr_bits, init=[])
             cnt = Memory(shape=unsigned(cb + 1), depth=1 << cnt_addr_bits, init=[])
+            bitmap = Memory(shape=unsigned(row_bits), depth=1 << hb, init=[])
             m.submodules[f"events_{name}"] = ev
             m.submodules[f"counts_{name}"] = cnt
+            m.submodules[f"nonempty_{name}"] = bitmap
             ev_rd.append(ev.read_port())
             ev_wr.append(ev.write_port())
             cnt_rd.append(cnt.read_port(domain="comb"))
             cnt_wr.append(cnt.write_port())
-        src = Signal()
-        writing_src = Signal()  # Load and its clear fill the buffer the first layer reads
-        wbuf = Signal()
-        m.d.comb += wbuf.eq(Mux(writing_src, src, ~src))
+            map_rd.append([bitmap.read_port(domain="comb") for _ in range(3)])
+            map_wr.append(bitmap.write_port())
 
-        # count read ports: port of buffer src serves the walker, the other the writer
+        # walker side (reads buffer src) and writer side (writes buffer wbuf)
         rd_t, rd_y, rd_x = Signal(tb), Signal(hb), Signal(wb)
+        rd_rows = [Signal(hb, name=f"rd_row{i}") for i in range(3)]
         wr_t, wr_y, wr_x = Signal(tb), Signal(hb), Signal(wb)
+        wr_append, wr_clear, wr_index = Signal(), Signal(), Signal(self._idx_bits)
         for b in range(2):
             reader = (src == b) & ~writing_src
-            m.d.comb += cnt_rd[b].addr.eq(Mux(reader, Cat(rd_x, rd_y, rd_t),
-                                              Cat(wr_x, wr_y, wr_t)))
+            m.d.comb += [
+                cnt_rd[b].addr.eq(Mux(reader, Cat(rd_x, rd_y, rd_t), Cat(wr_x, wr_y, wr_t))),
+                map_rd[b][0].addr.eq(Mux(reader, rd_rows[0], wr_y)),
+                map_rd[b][1].addr.eq(rd_rows[1]), map_rd[b][2].addr.eq(rd_rows[2])]
         count_in = Signal(cb + 1)
+        m.d.comb += count_in.eq(Mux(src, cnt_rd[1].data, cnt_rd[0].data))
+        rows_in = [Signal(row_bits, name=f"rows_in{i}") for i in range(3)]
+        for i in range(3):
+            m.d.comb += rows_in[i].eq(Mux(src, map_rd[1][i].data, map_rd[0][i].data))
+        # writer: append wr_index to list (wr_t, wr_y, wr_x), or clear bitmap row wr_y
+        row_out = Signal(row_bits)
+        m.d.comb += row_out.eq(Mux(wbuf, map_rd[1][0].data, map_rd[0][0].data))
+        bit_at = Signal(tb + wb)
+        m.d.comb += bit_at.eq(Cat(wr_x, wr_t))
+        had = Signal()
+        m.d.comb += had.eq(row_out.bit_select(bit_at, 1))
         count_out = Signal(cb + 1)
-        m.d.comb += [count_in.eq(Mux(src, cnt_rd[1].data, cnt_rd[0].data)),
-                     count_out.eq(Mux(wbuf, cnt_rd[1].data, cnt_rd[0].data))]
-        cnt_we, cnt_wdata = Signal(), Signal(cb + 1)
-        ev_we, ev_wdata = Signal(), Signal(self._idx_bits)
+        m.d.comb += count_out.eq(Mux(had, Mux(wbuf, cnt_rd[1].data, cnt_rd[0].data), 0))
         for b in range(2):
-            m.d.comb += [cnt_wr[b].addr.eq(Cat(wr_x, wr_y, wr_t)), cnt_wr[b].data.eq(cnt_wdata),
-                         cnt_wr[b].en.eq(cnt_we & (wbuf == b)),
-                         ev_wr[b].addr.eq(Cat(count_out[:cb], wr_x, wr_y, wr_t)),
-                         ev_wr[b].data.eq(ev_wdata), ev_wr[b].en.eq(ev_we & (wbuf == b))]
+            sel = wbuf == b
+            m.d.comb += [
+                cnt_wr[b].addr.eq(Cat(wr_x, wr_y, wr_t)), cnt_wr[b].data.eq(count_out + 1),
+                cnt_wr[b].en.eq(wr_append & sel),
+                ev_wr[b].addr.eq(Cat(count_out[:cb], wr_x, wr_y, wr_t)),
+                ev_wr[b].data.eq(wr_index), ev_wr[b].en.eq(wr_append & sel),
+                map_wr[b].addr.eq(wr_y),
+                map_wr[b].data.eq(Mux(wr_clear, 0, row_out | (Const(1, row_bits) << bit_at))),
+                map_wr[b].en.eq((wr_append | wr_clear) & sel)]
 
-        def append(index):
-            """Append ``index`` to list (wr_t, wr_y, wr_x) of the write buffer."""
-            return [ev_we.eq(1), ev_wdata.eq(index), cnt_we.eq(1), cnt_wdata.eq(count_out + 1)]
+        def append(t, y, x, index):
+            return [wr_t.eq(t), wr_y.eq(y), wr_x.eq(x), wr_index.eq(index), wr_append.eq(1)]
 
-        # ------------------------------------------------------------ datapath
-        m.submodules.lanes = lanes = AccumulateLanes(lanes=P, acc_bits=AB, weight_bits=W,
-                                                     bias_bits=cfg.bias_bits)
-        m.d.comb += lanes.bias.eq(b_rd.data)
+        # ------------------------------------------------------------ walker (issue stage)
+        meta_layout = data.StructLayout({
+            "grp_row": unsigned(_bits(max(1, cfg.weight_depth)) + 1),
+            "brow": unsigned(_bits(max(1, sum(r["groups"] for r in plan))) + 1),
+            "group": unsigned(_bits(max(r["groups"] for r in plan))),
+            "chan": unsigned(_bits(max(r["c_out"] for r in plan) + P)),
+            "flat": unsigned(_bits(max(r["c_out"] * r["wr_hw"] for r in plan) + P)),
+            "wpos": unsigned(_bits(max(r["wr_hw"] for r in plan))),
+            "oy": unsigned(hb + 1), "ox": unsigned(wb + 1), "wy": unsigned(hb + 1),
+            "wx": unsigned(wb + 1), "q": unsigned(2),
+            "t": unsigned(_bits(max(1, prog.rate_steps))),
+            "pend": unsigned(_bits(T))})
+        op_layout = data.StructLayout({
+            "valid": unsigned(1), "cmd": LaneCommand, "shift": unsigned(_bits(T)),
+            "last": unsigned(1), "tap_base": unsigned(_bits(max(r["rows"] for r in plan)) + 1),
+            "meta": meta_layout})
+        op0, op1, op2 = (Signal(op_layout, name=n) for n in ("op0", "op1", "op2"))
+        m.d.sync += [op1.eq(op0), op2.eq(op1)]
+        walk = Signal(meta_layout)  # the walker's group registers (grp_row .. wpos)
+        meta = Signal(meta_layout)  # the segment being walked
+        m.d.comb += meta.eq(walk)
+        wy, wx, q = Signal(hb + 1), Signal(wb + 1), Signal(2)
+        oy, ox = Signal(hb + 1), Signal(wb + 1)
+        m.d.comb += [oy.eq(Mux(desc.pool, Cat(q[1], wy), wy)),
+                     ox.eq(Mux(desc.pool, Cat(q[0], wx), wx))]
+        seg_t = Signal.like(meta.t)
+        lane_off = [Signal.like(meta.flat, name=f"lane_off{p}") for p in range(P)]
+        for p in range(1, P):  # lane p's flat offset p * (written map size), by additions
+            m.d.comb += lane_off[p].eq(lane_off[p - 1] + desc.wr_hw)
+        lane_step = Signal.like(meta.flat)
+        m.d.comb += lane_step.eq(lane_off[P - 1] + desc.wr_hw)
+        m.d.comb += [meta.oy.eq(oy), meta.ox.eq(ox), meta.wy.eq(wy), meta.wx.eq(wx),
+                     meta.q.eq(q), meta.t.eq(seg_t)]
 
-        # walk state
-        oy, ox = Signal(hb + 1), Signal(wb + 1)  # output position
-        pos_lin = Signal(_bits(max(r["ohw"] for r in table)) + 1)  # oy * OW + ox
-        group = Signal(range(max(r["groups"] for r in table) + 1))
-        grp_row = Signal(_bits(max(1, cfg.weight_depth)) + 1)
-        grp_brow = Signal(_bits(max(1, len(bias_rows))) + 1)
-        grp_chan = Signal(_bits(max(r["c_out"] for r in table) + P))  # group * P
-        t = Signal(range(T + 3))
-        tap = Signal(range(9))
-        tap_base = Signal(_bits(max(r["rows"] for r in table)) + 1)  # tap * C_in
-        k = Signal(cb + 1)
-        m.d.comb += [b_rd.addr.eq(grp_brow), d_rd.addr.eq(grp_brow)]
+        # the nonempty mask of every (plane, tap) slot of this output position
+        for dy in range(3):
+            m.d.comb += rd_rows[dy].eq(Mux(desc.kind == KIND_CONV, oy + dy - 1, 0))
+        slots = Signal(NL)
+        for t in range(T):
+            in_segment = Mux(desc.per_step, seg_t == t, t < desc.t_in)
+            for tap in range(TAPS):
+                dy, dx = divmod(tap, 3)
+                plane_row = rows_in[dy][t << wb:(t + 1) << wb]
+                if tap == 0:
+                    dense_bit = rows_in[1][t << wb]
+                col = Signal(wb + 1, name=f"col{t}_{tap}")
+                m.d.comb += col.eq(ox + dx - 1)
+                inside = (~((dy == 0) & (oy == 0)) & ~((dy == 2) & (oy + 1 == desc.h))
+                          & ~((dx == 0) & (ox == 0)) & ~((dx == 2) & (ox + 1 == desc.w)))
+                conv_bit = inside & plane_row.bit_select(col[:wb], 1)
+                bit = Mux(desc.kind == KIND_CONV, conv_bit,
+                          dense_bit if tap == 0 else 0)
+                m.d.comb += slots[t * TAPS + tap].eq(bit & in_segment)
 
-        # the receptive field position of the current tap
-        dy = Signal(2)
-        dx = Signal(2)
-        with m.Switch(tap):
-            for i in range(9):
-                with m.Case(i):
-                    m.d.comb += [dy.eq(i // 3), dx.eq(i % 3)]
+        begun = Signal()  # a segment is under way: cur_* and k hold its cursor
+        reg_slot, k, prev_t = Signal(range(max(2, NL))), Signal(cb + 1), Signal(tb + 1)
+        first_valid, first_slot = _lowest(m, slots, NL, "first")
+        cur_slot = Signal.like(reg_slot)
+        m.d.comb += cur_slot.eq(Mux(begun, reg_slot, first_slot))
+        has = Signal()
+        m.d.comb += has.eq(begun | first_valid)
+        after = Signal(NL)
+        m.d.comb += after.eq((Const((1 << NL) - 1, NL) << (cur_slot + 1))[:NL])
+        next_valid, next_slot = _lowest(m, slots & after, NL, "next")
+        cur_t, cur_tap = Signal(tb + 1), Signal(range(TAPS))
+        with m.Switch(cur_slot):
+            for s in range(NL):
+                with m.Case(s):
+                    m.d.comb += [cur_t.eq(s // TAPS), cur_tap.eq(s % TAPS)]
         iy, ix = Signal(hb + 2), Signal(wb + 2)
-        inside = Signal()
-        with m.Switch(desc.kind):
-            with m.Case(KIND_CONV):
-                m.d.comb += [iy.eq(oy + dy - 1), ix.eq(ox + dx - 1),
-                             inside.eq(~((dy == 0) & (oy == 0)) & ~((dy == 2) & (oy + 1 == desc.h))
-                                       & ~((dx == 0) & (ox == 0))
-                                       & ~((dx == 2) & (ox + 1 == desc.w)))]
-            with m.Case(KIND_POOL):  # the 2x2 window: taps 0..3 -> (tap[1], tap[0])
-                m.d.comb += [iy.eq(Cat(tap[1], oy)), ix.eq(Cat(tap[0], ox)), inside.eq(1)]
-            with m.Default():
-                m.d.comb += [iy.eq(0), ix.eq(0), inside.eq(1)]
-        n_taps = Signal(4)
-        m.d.comb += n_taps.eq(Mux(desc.kind == KIND_CONV, 9, Mux(desc.kind == KIND_POOL, 4, 1)))
-
-        # pipeline: stage 0 issues (event address), stage 1 has the index (weight address),
-        # stage 2 adds
-        op1, op2 = Signal(LaneCommand), Signal(LaneCommand)
-        m.d.sync += op2.eq(op1)
+        dy_c, dx_c = Signal(2), Signal(2)
+        with m.Switch(cur_tap):
+            for tap in range(TAPS):
+                with m.Case(tap):
+                    m.d.comb += [dy_c.eq(tap // 3), dx_c.eq(tap % 3)]
+        with m.If(desc.kind == KIND_CONV):
+            m.d.comb += [iy.eq(oy + dy_c - 1), ix.eq(ox + dx_c - 1)]
+        kk = Signal(cb + 1)
+        m.d.comb += [kk.eq(Mux(begun, k, 0)), rd_t.eq(cur_t), rd_y.eq(iy[:hb]),
+                     rd_x.eq(ix[:wb])]
+        more_here = Signal()
+        m.d.comb += more_here.eq(kk + 1 < count_in)
+        seg_end = Signal()
+        m.d.comb += seg_end.eq(~has | (~more_here & ~next_valid))
+        tap_bases = [Signal.like(op0.tap_base, name=f"tap_base{i}") for i in range(TAPS)]
+        for i in range(1, TAPS):  # tap i's first weight row i * C_in, by additions
+            m.d.comb += tap_bases[i].eq(tap_bases[i - 1] + desc.c_in)
+        for b in range(2):
+            m.d.comb += ev_rd[b].addr.eq(Cat(kk[:cb], ix[:wb], iy[:hb], cur_t[:tb]))
         ev_index = Signal(self._idx_bits)
         m.d.comb += ev_index.eq(Mux(src, ev_rd[1].data, ev_rd[0].data))
-        for b in range(2):
-            m.d.comb += ev_rd[b].addr.eq(Cat(k[:cb], ix[:wb], iy[:hb], t[:tb]))
-        tap_base1 = Signal.like(tap_base)
-        m.d.sync += tap_base1.eq(tap_base)
-        m.d.comb += w_rd.addr.eq(grp_row + tap_base1 + ev_index)
-        # sum pooling adds 1 in the lane of the event's channel: a one-hot weight row
-        pool_idx = Signal(self._idx_bits)
-        m.d.sync += pool_idx.eq(ev_index)
-        onehot = Signal(P * W)
-        for p in range(P):
-            m.d.comb += onehot[p * W].eq(pool_idx == grp_chan + p)
-        is_pool = Signal()
-        m.d.comb += is_pool.eq(desc.kind == KIND_POOL)
-        m.d.comb += lanes.weights.eq(Mux(is_pool, onehot, w_rd.data))
-        m.d.comb += lanes.cmd.eq(op2)
 
-        # successive approximation, all lanes in parallel
-        u = [Signal(signed(AB + 1), name=f"u{p}") for p in range(P)]
-        thr = [Signal(unsigned(cfg.threshold_bits + T + 2), name=f"thr{p}") for p in range(P)]
-        level = [Signal(T + 2, name=f"level{p}") for p in range(P)]
-        step = Signal(range(T + 3))
-        thresholds = data.View(data.ArrayLayout(unsigned(cfg.threshold_bits), P), d_rd.data)
-        TP = (T + 2) * P
-        pending = Signal(TP)
-        lane_off = [Signal(_bits(max(r["c_out"] * r["ohw"] for r in table) + 1),
-                           name=f"lane_off{p}") for p in range(P)]
-        for p in range(1, P):  # lane p's flat offset p * OH * OW, by additions
-            m.d.comb += lane_off[p].eq(lane_off[p - 1] + desc.ohw)
-        grp_flat = Signal.like(lane_off[0])  # group * P * OH * OW
-        lane_step = Signal.like(lane_off[0])  # P * OH * OW
-        m.d.comb += lane_step.eq(lane_off[P - 1] + desc.ohw)
-        best = Signal(signed(AB))
-        best_idx = Signal.like(self.o_result.p.klass)
-        have_best = Signal()
-        emit = Signal(range(P + 1))
+        # ------------------------------------------------------------ accumulate pipeline
+        m.d.comb += w_rd.addr.eq(op1.meta.grp_row + op1.tap_base + ev_index)
+        m.submodules.lanes = lanes = AccumulateLanes(
+            lanes=P, acc_bits=AB, weight_bits=W, bias_bits=cfg.bias_bits, max_shift=T)
+        m.d.comb += [lanes.weights.eq(w_rd.data), lanes.shift.eq(op2.shift),
+                     lanes.cmd.eq(Mux(op2.valid, op2.cmd, LaneCommand.NOP))]
+        done = [Signal(signed(AB), name=f"done{p}") for p in range(P)]
+        done_meta = Signal(meta_layout)
+        done_valid = Signal()
+        take = Signal()  # the firing stage takes the buffer this cycle
+        with m.If(take):
+            m.d.sync += done_valid.eq(0)
+        with m.If(op2.valid & op2.last):
+            m.d.sync += [done_valid.eq(1), done_meta.eq(op2.meta),
+                         *[done[p].eq(lanes.next[p]) for p in range(P)]]
+        # a segment's last accumulate issues only when the buffer will have room for it
+        room = Signal()
+        m.d.comb += room.eq(~(op1.valid & op1.last) & ~(op2.valid & op2.last)
+                            & (~done_valid | take))
+
+        # ------------------------------------------------------------ counters and streams
         cycles = Signal(32)
         started, accept, in_result = Signal(), Signal(), Signal()
         with m.If((started | accept) & ~in_result):
             m.d.sync += cycles.eq(cycles + 1)
-        # loader state
-        pc, py, px = Signal(_bits(max(r["c_in"] for r in table)) + 1), Signal(hb + 1), \
+        best = Signal(signed(VB))
+        best_idx = Signal.like(self.o_result.p.klass)
+        have_best = Signal()
+
+        # ------------------------------------------------------------ sequencer
+        pc, py, px = Signal(_bits(max(r["c_in"] for r in plan)) + 1), Signal(hb + 1), \
             Signal(wb + 1)
         pflat = Signal(range(cfg.act_depth + 2))  # pixels accepted
         lpc, lpy, lpx = Signal.like(pc), Signal.like(py), Signal.like(px)  # the latched pixel
         remaining = Signal(T)
         load_done, last_pixel = Signal(), Signal()
-        m.d.comb += [load_done.eq(pflat == desc.n_in), last_pixel.eq(pflat + 1 == desc.n_in)]
-        # clear walker
-        ct, cy, cx = Signal(tb + 1), Signal(hb + 1), Signal(wb + 1)
-
-        def reset_group_walk():
-            return [t.eq(0), tap.eq(0), k.eq(0), tap_base.eq(0)]
+        first = plan[0]
+        m.d.comb += [load_done.eq(pflat == first["n_in"]),
+                     last_pixel.eq(pflat + 1 == first["n_in"])]
+        clear_row = Signal(hb + 1)
+        fire_idle = Signal()
 
         with m.FSM(name="engine"):
-            with m.State("ClearInput"):
-                # the first layer's input lists: t_in planes x (flat: 1, else H x W) positions
-                m.d.comb += [writing_src.eq(1), wr_t.eq(ct), wr_y.eq(cy), wr_x.eq(cx),
-                             cnt_we.eq(1), cnt_wdata.eq(0)]
-                self._step_clear(m, ct, cy, cx, desc.t_in,
-                                 Mux(desc.in_flat, 1, desc.h), Mux(desc.in_flat, 1, desc.w),
-                                 "Load")
+            with m.State("ClearInput"):  # the first layer's input rows: nothing listed yet
+                m.d.comb += [writing_src.eq(1), wr_y.eq(clear_row), wr_clear.eq(1)]
+                rows = 1 if first["in_flat"] else first["h"]
+                with m.If(clear_row + 1 >= rows):
+                    m.d.sync += clear_row.eq(0)
+                    m.next = "Load"
+                with m.Else():
+                    m.d.sync += clear_row.eq(clear_row + 1)
                 m.d.sync += [pc.eq(0), py.eq(0), px.eq(0), pflat.eq(0)]
 
             with m.State("Load"):
@@ -363,12 +429,11 @@ class Engine(wiring.Component):
                             m.d.comb += hi.eq(b)
                     rest = Signal(T)
                     m.d.comb += rest.eq(remaining & ~(Const(1, T) << hi))
-                    # the pixel was counted when accepted: its position is the previous one
-                    m.d.comb += [wr_t.eq(desc.t_in - 1 - hi)]
-                    with m.If(desc.in_flat):
-                        m.d.comb += [wr_y.eq(0), wr_x.eq(0), *append(pflat - 1)]
-                    with m.Else():
-                        m.d.comb += [wr_y.eq(lpy), wr_x.eq(lpx), *append(lpc)]
+                    plane = first["t_in"] - 1 - hi
+                    if first["in_flat"]:
+                        m.d.comb += append(plane, 0, 0, pflat - 1)
+                    else:
+                        m.d.comb += append(plane, lpy, lpx, lpc)
                     m.d.sync += remaining.eq(rest)
                     with m.If((rest == 0) & load_done):
                         m.next = "LayerStart"
@@ -380,10 +445,9 @@ class Engine(wiring.Component):
                         m.d.comb += accept.eq(1)
                         m.d.sync += [remaining.eq(self.i_stream.payload), started.eq(1),
                                      lpc.eq(pc), lpy.eq(py), lpx.eq(px), pflat.eq(pflat + 1)]
-                        # advance (c, y, x) in flattened order
-                        with m.If(px + 1 == desc.w):
+                        with m.If(px + 1 == first["w"]):
                             m.d.sync += px.eq(0)
-                            with m.If(py + 1 == desc.h):
+                            with m.If(py + 1 == first["h"]):
                                 m.d.sync += [py.eq(0), pc.eq(pc + 1)]
                             with m.Else():
                                 m.d.sync += py.eq(py + 1)
@@ -393,151 +457,51 @@ class Engine(wiring.Component):
                             m.next = "LayerStart"
 
             with m.State("LayerStart"):
-                m.d.sync += [ct.eq(0), cy.eq(0), cx.eq(0), oy.eq(0), ox.eq(0), pos_lin.eq(0),
-                             group.eq(0), grp_chan.eq(0), grp_flat.eq(0),
-                             grp_row.eq(desc.w_base), grp_brow.eq(desc.b_base)]
+                m.d.sync += [wy.eq(0), wx.eq(0), q.eq(0), seg_t.eq(0), begun.eq(0),
+                             clear_row.eq(0), walk.grp_row.eq(desc.w_base),
+                             walk.brow.eq(desc.b_base), walk.group.eq(0), walk.chan.eq(0),
+                             walk.flat.eq(0), walk.wpos.eq(0)]
                 with m.If(desc.fires):
                     m.next = "ClearOutput"
                 with m.Else():
-                    m.next = "GroupStart"
+                    m.next = "Walk"
 
-            with m.State("ClearOutput"):
-                m.d.comb += [wr_t.eq(ct), wr_y.eq(cy), wr_x.eq(cx), cnt_we.eq(1),
-                             cnt_wdata.eq(0)]
-                self._step_clear(m, ct, cy, cx, desc.t_out,
-                                 Mux(desc.out_flat, 1, desc.oh), Mux(desc.out_flat, 1, desc.ow),
-                                 "GroupStart")
-
-            with m.State("GroupStart"):
-                m.d.comb += lanes.cmd.eq(LaneCommand.CLEAR)
-                m.d.sync += [*reset_group_walk(), op1.eq(LaneCommand.NOP)]
-                m.next = "Issue"
-
-            with m.State("Issue"):
-                m.d.comb += [rd_t.eq(t), rd_y.eq(iy[:hb]), rd_x.eq(ix[:wb])]
-                n_here = Signal(cb + 1)
-                m.d.comb += n_here.eq(Mux(inside, count_in, 0))
-                with m.If(k < n_here):
-                    m.d.sync += [k.eq(k + 1), op1.eq(LaneCommand.ADD)]
-                with m.Elif(tap + 1 < n_taps):
-                    m.d.sync += [tap.eq(tap + 1), k.eq(0), tap_base.eq(tap_base + desc.c_in),
-                                 op1.eq(LaneCommand.NOP)]
-                with m.Elif(t + 1 < desc.t_in):
-                    m.d.sync += [t.eq(t + 1), tap.eq(0), k.eq(0), tap_base.eq(0),
-                                 op1.eq(LaneCommand.SHIFT)]
+            with m.State("ClearOutput"):  # the rows of the lists this layer writes
+                m.d.comb += [wr_y.eq(clear_row), wr_clear.eq(1)]
+                with m.If(clear_row + 1 >= desc.clear_rows):
+                    m.next = "Walk"
                 with m.Else():
-                    m.d.sync += op1.eq(Mux(is_pool, LaneCommand.NOP, LaneCommand.ADD_BIAS))
-                    m.next = "Drain1"
+                    m.d.sync += clear_row.eq(clear_row + 1)
 
-            with m.State("Drain1"):
-                m.d.sync += op1.eq(LaneCommand.NOP)
-                m.next = "Drain2"
-
-            with m.State("Drain2"):
-                m.d.sync += emit.eq(0)
-                with m.If(desc.fires):
-                    m.next = "TraceAcc" if self._trace else "FireLoad"
-                with m.Else():
-                    m.next = "TraceAcc" if self._trace else "Emit"
-
-            if self._trace:
-                def record(kind, values):
-                    return [self.o_trace.valid.eq(1), self.o_trace.p.kind.eq(kind),
-                            self.o_trace.p.layer.eq(layer), self.o_trace.p.oy.eq(oy),
-                            self.o_trace.p.ox.eq(ox), self.o_trace.p.group.eq(group),
-                            self.o_trace.p.cycles.eq(cycles),
-                            *[self.o_trace.p.values[p].eq(v) for p, v in enumerate(values)]]
-
-                with m.State("TraceAcc"):  # the group's potentials u0 = acc + B
-                    m.d.comb += record(0, [lanes.acc[p] for p in range(P)])
-                    with m.If(self.o_trace.ready):
-                        with m.If(desc.fires):
-                            m.next = "FireLoad"
+            with m.State("Walk"):
+                go = Signal()
+                m.d.comb += go.eq(~seg_end | room)
+                with m.If(go):
+                    m.d.comb += [op0.valid.eq(1), op0.last.eq(seg_end),
+                                 op0.shift.eq(cur_t - prev_t),
+                                 op0.tap_base.eq(Array(tap_bases)[cur_tap]),
+                                 op0.meta.eq(meta),
+                                 op0.cmd.eq(Mux(~has, LaneCommand.CLEAR,
+                                                Mux(begun, LaneCommand.SHIFT_ADD,
+                                                    LaneCommand.LOAD)))]
+                    m.d.comb += op0.meta.pend.eq(Mux(desc.per_step, 0, desc.t_in - 1 - cur_t))
+                    m.d.sync += prev_t.eq(cur_t)
+                    with m.If(~seg_end):
+                        m.d.sync += begun.eq(1)
+                        with m.If(more_here):
+                            m.d.sync += [k.eq(kk + 1), reg_slot.eq(cur_slot)]
                         with m.Else():
-                            m.next = "Emit"
-
-                with m.State("TraceLevels"):  # the levels it emits (after the clip)
-                    m.d.comb += record(1, level)
-                    with m.If(self.o_trace.ready):
-                        m.next = "Write"
-
-            with m.State("FireLoad"):
-                shift = Signal(range(T + 2))
-                m.d.comb += shift.eq(desc.t_out - 1)
-                for p in range(P):
-                    d_p = Mux(is_pool, 1, thresholds[p])
-                    m.d.sync += [u[p].eq(lanes.acc[p]), thr[p].eq(d_p << shift), level[p].eq(0)]
-                m.d.sync += step.eq(0)
-                m.next = "Fire"
-
-            with m.State("Fire"):
-                for p in range(P):
-                    fire = Signal(name=f"fire{p}")
-                    m.d.comb += fire.eq(u[p] >= thr[p])
-                    with m.If(fire):
-                        m.d.sync += u[p].eq(u[p] - thr[p])
-                    m.d.sync += [thr[p].eq(thr[p] >> 1), level[p].eq(Cat(fire, level[p]))]
-                m.d.sync += step.eq(step + 1)
-                with m.If(step + 1 == desc.t_out):
-                    m.next = "Clip"
-
-            with m.State("Clip"):
-                vec = []
-                clipped = []
-                for p in range(P):
-                    c = Signal(T + 2, name=f"clipped{p}")
-                    with m.If(grp_chan + p >= desc.c_out):
-                        m.d.comb += c.eq(0)
-                    with m.Elif(level[p] > desc.levels):
-                        m.d.comb += c.eq(desc.levels)
+                            m.d.sync += [k.eq(0), reg_slot.eq(next_slot)]
                     with m.Else():
-                        m.d.comb += c.eq(level[p])
-                    clipped.append(c)
-                    m.d.sync += level[p].eq(c)
-                for tt in range(T + 2):
-                    for p in range(P):
-                        bit = Signal(range(T + 3), name=f"b{tt}_{p}")
-                        m.d.comb += bit.eq(desc.t_out - 1 - tt)
-                        vec.append((tt < desc.t_out) & clipped[p].bit_select(bit, 1))
-                m.d.sync += pending.eq(Cat(*vec))
-                m.next = "TraceLevels" if self._trace else "Write"
+                        m.d.sync += begun.eq(0)
+                        self._next_segment(m, desc, walk, seg_t, q, wy, wx, lane_step, P)
 
-            with m.State("Write"):
-                with m.If(pending == 0):
-                    self._next_group(m, desc, oy, ox, pos_lin, group, grp_row, grp_brow,
-                                     grp_chan, grp_flat, lane_step, P)
-                with m.Else():
-                    lowest = Signal(range(TP))
-                    plane = Signal(range(T + 2))
-                    lane = Signal(range(max(P, 2)))
-                    for i in reversed(range(TP)):
-                        with m.If(pending[i]):
-                            m.d.comb += [lowest.eq(i), plane.eq(i // P), lane.eq(i % P)]
-                    m.d.comb += wr_t.eq(plane)
-                    with m.If(desc.out_flat):
-                        offset = Signal.like(lane_off[0])
-                        m.d.comb += offset.eq(Array(lane_off)[lane])
-                        m.d.comb += [wr_y.eq(0), wr_x.eq(0),
-                                     *append(grp_flat + offset + pos_lin)]
+            with m.State("Drain"):  # the last segments fire and write
+                with m.If(~op1.valid & ~op2.valid & ~done_valid & fire_idle):
+                    with m.If(desc.last):
+                        m.next = "Result"
                     with m.Else():
-                        m.d.comb += [wr_y.eq(oy), wr_x.eq(ox), *append(grp_chan + lane)]
-                    m.d.sync += pending.eq(pending & ~(Const(1, TP) << lowest))
-
-            with m.State("Emit"):
-                with m.If((emit == P) | (grp_chan + emit >= desc.c_out)):
-                    self._next_group(m, desc, oy, ox, pos_lin, group, grp_row, grp_brow,
-                                     grp_chan, grp_flat, lane_step, P)
-                with m.Else():
-                    value = Signal(signed(AB))
-                    m.d.comb += value.eq(Array(lanes.acc[p] for p in range(P))[emit])
-                    m.d.comb += [self.o_logits.valid.eq(1),
-                                 self.o_logits.p.index.eq(grp_chan + emit),
-                                 self.o_logits.p.value.eq(value)]
-                    with m.If(self.o_logits.ready):
-                        m.d.sync += emit.eq(emit + 1)
-                        with m.If(~have_best | (value > best)):
-                            m.d.sync += [best.eq(value), best_idx.eq(grp_chan + emit),
-                                         have_best.eq(1)]
+                        m.next = "LayerEnd"
 
             with m.State("LayerEnd"):
                 m.d.sync += [src.eq(~src), layer.eq(layer + 1)]
@@ -549,48 +513,301 @@ class Engine(wiring.Component):
                              self.o_result.p.cycles.eq(cycles)]
                 with m.If(self.o_result.ready):
                     m.d.sync += [layer.eq(0), src.eq(0), have_best.eq(0), cycles.eq(0),
-                                 started.eq(0), ct.eq(0), cy.eq(0), cx.eq(0)]
+                                 started.eq(0), clear_row.eq(0)]
                     m.next = "ClearInput"
+
+        self._firing_stage(m, desc, layer, done, done_meta, done_valid, take, fire_idle,
+                           bias, thresholds, v_inits if rate else None, param_ports, append,
+                           lane_off, cycles, best, best_idx, have_best)
         return m
 
-    @staticmethod
-    def _step_clear(m, ct, cy, cx, planes, height, width, then):
-        """Advance the (t, y, x) clear walker; go to ``then`` after the last entry."""
-        with m.If(cx + 1 < width):
-            m.d.sync += cx.eq(cx + 1)
+    def _next_segment(self, m, desc, walk, seg_t, q, wy, wx, lane_step, P):
+        """After a segment's last accumulate: the next step, position in the window, group or
+        window (walk order: window, group, position in the window, step); after the last one
+        the layer drains."""
+        with m.If(desc.per_step & (seg_t + 1 < desc.steps)):
+            m.d.sync += seg_t.eq(seg_t + 1)
         with m.Else():
-            m.d.sync += cx.eq(0)
-            with m.If(cy + 1 < height):
-                m.d.sync += cy.eq(cy + 1)
+            m.d.sync += seg_t.eq(0)
+            with m.If(q + 1 < desc.quads):
+                m.d.sync += q.eq(q + 1)
+            with m.Elif(walk.group + 1 < desc.groups):
+                m.d.sync += [q.eq(0), walk.group.eq(walk.group + 1),
+                             walk.grp_row.eq(walk.grp_row + desc.rows),
+                             walk.brow.eq(walk.brow + 1), walk.chan.eq(walk.chan + P),
+                             walk.flat.eq(walk.flat + lane_step)]
             with m.Else():
-                m.d.sync += cy.eq(0)
-                with m.If(ct + 1 < planes):
-                    m.d.sync += ct.eq(ct + 1)
+                m.d.sync += [q.eq(0), walk.group.eq(0), walk.grp_row.eq(desc.w_base),
+                             walk.brow.eq(desc.b_base), walk.chan.eq(0), walk.flat.eq(0),
+                             walk.wpos.eq(walk.wpos + 1)]
+                with m.If(wx + 1 < desc.win_w):
+                    m.d.sync += wx.eq(wx + 1)
+                with m.Elif(wy + 1 < desc.win_h):
+                    m.d.sync += [wx.eq(0), wy.eq(wy + 1)]
                 with m.Else():
-                    m.d.sync += ct.eq(0)
-                    m.next = then
+                    m.next = "Drain"
 
-    @staticmethod
-    def _next_group(m, desc, oy, ox, pos_lin, group, grp_row, grp_brow, grp_chan, grp_flat,
-                    lane_step, P):
-        """Next group of P channels; after the last one, the next output position."""
-        with m.If(group + 1 < desc.groups):
-            m.d.sync += [group.eq(group + 1), grp_row.eq(grp_row + desc.rows),
-                         grp_brow.eq(grp_brow + 1), grp_chan.eq(grp_chan + P),
-                         grp_flat.eq(grp_flat + lane_step)]
-            m.next = "GroupStart"
-        with m.Else():
-            m.d.sync += [group.eq(0), grp_row.eq(desc.w_base), grp_brow.eq(desc.b_base),
-                         grp_chan.eq(0), grp_flat.eq(0)]
-            last_x = ox + 1 == desc.ow
-            last_y = oy + 1 == desc.oh
-            with m.If(~last_x):
-                m.d.sync += [ox.eq(ox + 1), pos_lin.eq(pos_lin + 1)]
-                m.next = "GroupStart"
-            with m.Elif(~last_y):
-                m.d.sync += [ox.eq(0), oy.eq(oy + 1), pos_lin.eq(pos_lin + 1)]
-                m.next = "GroupStart"
-            with m.Elif(desc.last):
-                m.next = "Result"
-            with m.Else():
-                m.next = "LayerEnd"
+    def _firing_stage(self, m, desc, layer, done, done_meta, done_valid, take, fire_idle,
+                      bias, thresholds, v_inits, param_ports, append, lane_off, cycles, best,
+                      best_idx, have_best):
+        """Deferred successive-approximation firing (bit-serial), IF steps (rate), pooling,
+        list writes and logits: one segment at a time, beside the walker."""
+        cfg, P, T = self._config, self._lanes, self._config.max_t
+        AB = cfg.acc_bits
+        VB = AB + 2
+        rate = v_inits is not None
+        fm = Signal.like(done_meta)  # the segment being fired
+        for port in param_ports:  # parameters of the group taken now, or being fired
+            m.d.comb += port.addr.eq(Mux(fire_idle, done_meta.brow, fm.brow))
+        u = [Signal(signed(VB + T), name=f"u{p}") for p in range(P)]
+        thr = [Signal(unsigned(cfg.threshold_bits + T), name=f"thr{p}") for p in range(P)]
+        level = [Signal(T + 1, name=f"level{p}") for p in range(P)]
+        pool_acc = [Signal(T + 1, name=f"pool_acc{p}") for p in range(P)]
+        v = [Signal(signed(VB), name=f"v{p}") for p in range(P)]
+        keep = [Signal(name=f"keep{p}") for p in range(P)]
+        cur = [Signal(signed(AB + T), name=f"cur{p}") for p in range(P)]
+        rec = [Signal(signed(VB), name=f"rec{p}") for p in range(P)]  # rate: traced potential
+        step = Signal(range(T + 2))
+        rstep = Signal(range(max(2, self._program.rate_steps + 1)))
+        TP = T * P
+        pending = Signal(TP)
+        wbase = Signal(self._tb + 1)
+        emit = Signal(range(P + 1))
+        lane_valid = [Signal(name=f"lane_valid{p}") for p in range(P)]
+        for p in range(P):
+            m.d.comb += lane_valid[p].eq(fm.chan + p < desc.c_out)
+        taken = [Signal(signed(AB + T), name=f"taken{p}") for p in range(P)]
+        for p in range(P):  # the handed-over sum with the planes still to shift (Horner)
+            m.d.comb += taken[p].eq(done[p] << done_meta.pend)
+
+        # one rate IF step per lane: input x (the step's sum, or the first layer's current)
+        if rate:
+            in_idle = fire_idle
+            ts = Signal.like(rstep)
+            m.d.comb += ts.eq(Mux(in_idle, done_meta.t, rstep))
+            srp_now = Signal()
+            m.d.comb += srp_now.eq((desc.tau != 0) & (ts == desc.tau))
+            lane_ok = [Mux(in_idle, done_meta.chan + p < desc.c_out, lane_valid[p])
+                       for p in range(P)]
+            if_u, if_v, if_keep, if_spike, if_sum = [], [], [], [], []
+            for p in range(P):
+                x = Mux(in_idle, done[p], cur[p])
+                base = Mux((ts == 0) | srp_now, v_inits[p], v[p])
+                uu = Signal(signed(VB + T), name=f"if_u{p}")
+                m.d.comb += uu.eq(base + x + bias[p])
+                s = Signal(name=f"if_s{p}")
+                m.d.comb += s.eq(uu >= thresholds[p])
+                kp = Signal(name=f"if_keep{p}")
+                m.d.comb += kp.eq(Mux(ts == 0, 1, Mux(srp_now, v[p] >= 0, keep[p])))
+                acc_out = Signal(signed(VB + T), name=f"out_sum{p}")  # output layer
+                m.d.comb += acc_out.eq(Mux(ts == 0, 0, v[p])
+                                       + Mux(ts >= desc.tau, x + bias[p], 0))
+                if_u.append(uu)
+                if_v.append(uu - Mux(s, thresholds[p], 0))
+                if_keep.append(kp)
+                if_spike.append(s & kp & lane_ok[p])
+                if_sum.append(acc_out)
+            spikes = Signal(P)
+            m.d.comb += spikes.eq(Cat(*if_spike))
+
+            def rate_step():
+                return [*[v[p].eq(if_v[p]) for p in range(P)],
+                        *[keep[p].eq(if_keep[p]) for p in range(P)],
+                        *[rec[p].eq(if_u[p]) for p in range(P)],
+                        pending.eq(spikes), wbase.eq(ts)]
+
+        def record(kind, values, layer_index, oy, ox, t=0):
+            return [self.o_trace.valid.eq(1), self.o_trace.p.kind.eq(kind),
+                    self.o_trace.p.layer.eq(layer_index), self.o_trace.p.oy.eq(oy),
+                    self.o_trace.p.ox.eq(ox), self.o_trace.p.group.eq(fm.group),
+                    self.o_trace.p.step.eq(t), self.o_trace.p.cycles.eq(cycles),
+                    *[self.o_trace.p.values[p].eq(val) for p, val in enumerate(values)]]
+
+        trace = self._trace
+        more_steps = Signal()
+        m.d.comb += more_steps.eq(desc.analog & (rstep < desc.steps))
+
+        with m.FSM(name="fire"):
+            with m.State("Idle"):
+                m.d.comb += fire_idle.eq(1)
+                with m.If(done_valid):
+                    m.d.comb += take.eq(1)
+                    m.d.sync += [fm.eq(done_meta), emit.eq(0)]
+                    if not rate:
+                        with m.If(desc.fires):
+                            shift = Signal(range(T + 1))
+                            m.d.comb += shift.eq(desc.t_out - 1)
+                            for p in range(P):
+                                m.d.sync += [u[p].eq(taken[p] + bias[p]),
+                                             thr[p].eq(thresholds[p] << shift),
+                                             level[p].eq(0)]
+                            m.d.sync += step.eq(0)
+                            m.next = "TraceU" if trace else "Approximate"
+                        with m.Else():
+                            m.d.sync += [v[p].eq(taken[p] + bias[p]) for p in range(P)]
+                            m.next = "TraceU" if trace else "Emit"
+                    else:
+                        with m.If(desc.analog):
+                            m.d.sync += [*[cur[p].eq(taken[p]) for p in range(P)],
+                                         rstep.eq(0)]
+                            m.next = "RateStep"
+                        with m.Elif(desc.fires):
+                            m.d.sync += rate_step()
+                            if trace:
+                                m.next = "TraceRU"
+                            else:
+                                with m.If(spikes != 0):
+                                    m.next = "Write"
+                        with m.Else():
+                            m.d.sync += [v[p].eq(if_sum[p]) for p in range(P)]
+                            with m.If(done_meta.t + 1 == desc.steps):
+                                m.next = "TraceU" if trace else "Emit"
+
+            if rate:
+                with m.State("RateStep"):  # the first layer: S steps on one current
+                    m.d.sync += rstep.eq(rstep + 1)
+                    with m.If(desc.fires):
+                        m.d.sync += rate_step()
+                        if trace:
+                            m.next = "TraceRU"
+                        else:
+                            with m.If(spikes != 0):
+                                m.next = "Write"
+                            with m.Elif(rstep + 1 >= desc.steps):
+                                m.next = "Idle"
+                    with m.Else():
+                        m.d.sync += [v[p].eq(if_sum[p]) for p in range(P)]
+                        with m.If(rstep + 1 >= desc.steps):
+                            m.next = "TraceU" if trace else "Emit"
+
+            if trace:
+                with m.State("TraceU"):  # u0 = acc + B before firing, or the logits
+                    m.d.comb += record(0, u if not rate else v, desc.index, fm.oy, fm.ox)
+                    if not rate:
+                        m.d.comb += [self.o_trace.p.values[p].eq(Mux(desc.fires, u[p], v[p]))
+                                     for p in range(P)]
+                    with m.If(self.o_trace.ready):
+                        m.next = "Approximate" if not rate else "Emit"
+                        with m.If(~desc.fires):
+                            m.next = "Emit"
+
+                with m.State("TraceL"):  # the levels after the clip
+                    m.d.comb += record(1, level, desc.index, fm.oy, fm.ox)
+                    with m.If(self.o_trace.ready):
+                        with m.If(desc.pool & (fm.q == 3)):
+                            m.next = "TraceP"
+                        with m.Elif(pending != 0):
+                            m.next = "Write"
+                        with m.Else():
+                            m.next = "Idle"
+
+                with m.State("TraceP"):  # the pooled levels (the pool layer's output)
+                    m.d.comb += record(1, pool_acc, desc.index + 1, fm.wy, fm.wx)
+                    with m.If(self.o_trace.ready):
+                        with m.If(pending != 0):
+                            m.next = "Write"
+                        with m.Else():
+                            m.next = "Idle"
+
+                if rate:
+                    with m.State("TraceRU"):  # the potential after the step's integration
+                        m.d.comb += record(0, rec, desc.index, fm.oy, fm.ox, wbase)
+                        with m.If(self.o_trace.ready):
+                            m.next = "TraceRS"
+
+                    with m.State("TraceRS"):  # the step's spikes (after SRP's mask)
+                        m.d.comb += record(1, [pending[p] for p in range(P)], desc.index,
+                                           fm.oy, fm.ox, wbase)
+                        with m.If(self.o_trace.ready):
+                            with m.If(pending != 0):
+                                m.next = "Write"
+                            with m.Elif(more_steps):
+                                m.next = "RateStep"
+                            with m.Else():
+                                m.next = "Idle"
+
+            if not rate:
+                with m.State("Approximate"):  # u >= D << (T - t): emit 1 and subtract
+                    for p in range(P):
+                        fire = Signal(name=f"fire{p}")
+                        m.d.comb += fire.eq(u[p] >= thr[p])
+                        with m.If(fire):
+                            m.d.sync += u[p].eq(u[p] - thr[p])
+                        m.d.sync += [thr[p].eq(thr[p] >> 1), level[p].eq(Cat(fire, level[p]))]
+                    m.d.sync += step.eq(step + 1)
+                    with m.If(step + 1 == desc.t_out):
+                        m.next = "Clip"
+
+                with m.State("Clip"):  # min(level, L); pooling sums the window's levels
+                    bits = []
+                    for p in range(P):
+                        c = Signal(T + 1, name=f"clipped{p}")
+                        with m.If(~lane_valid[p]):
+                            m.d.comb += c.eq(0)
+                        with m.Elif(level[p] > desc.levels):
+                            m.d.comb += c.eq(desc.levels)
+                        with m.Else():
+                            m.d.comb += c.eq(level[p])
+                        total = Signal(T + 1, name=f"pooled{p}")
+                        m.d.comb += total.eq(Mux(fm.q == 0, 0, pool_acc[p]) + c)
+                        m.d.sync += [level[p].eq(c), pool_acc[p].eq(total)]
+                        value = Mux(desc.pool, total, c)
+                        bits.append(value)
+                    planes = Mux(desc.pool, desc.wr_t, desc.t_out)
+                    vec = []
+                    for pl in range(T):
+                        for p in range(P):
+                            at = Signal(range(T + 1), name=f"b{pl}_{p}")
+                            m.d.comb += at.eq(planes - 1 - pl)
+                            vec.append((pl < planes) & bits[p].bit_select(at, 1))
+                    new_pending = Signal(TP)
+                    writes = Signal()
+                    m.d.comb += [new_pending.eq(Cat(*vec)),
+                                 writes.eq(~desc.pool | (fm.q == 3))]
+                    m.d.sync += [pending.eq(Mux(writes, new_pending, 0)), wbase.eq(0)]
+                    if trace:
+                        m.next = "TraceL"
+                    else:
+                        with m.If(writes & (new_pending != 0)):
+                            m.next = "Write"
+                        with m.Else():
+                            m.next = "Idle"
+
+            with m.State("Write"):  # one append per emitted 1-bit
+                lowest = Signal(range(TP))
+                for i in reversed(range(TP)):
+                    with m.If(pending[i]):
+                        m.d.comb += lowest.eq(i)
+                plane, lane = Signal(range(T)), Signal(range(max(P, 2)))
+                with m.Switch(lowest):
+                    for i in range(TP):
+                        with m.Case(i):
+                            m.d.comb += [plane.eq(i // P), lane.eq(i % P)]
+                offset = Signal.like(lane_off[0])
+                m.d.comb += offset.eq(Array(lane_off)[lane])
+                with m.If(desc.wr_flat):
+                    m.d.comb += append(wbase + plane, 0, 0, fm.flat + offset + fm.wpos)
+                with m.Else():
+                    m.d.comb += append(wbase + plane, fm.wy, fm.wx, fm.chan + lane)
+                rest = Signal(TP)
+                m.d.comb += rest.eq(pending & ~(Const(1, TP) << lowest))
+                m.d.sync += pending.eq(rest)
+                with m.If(rest == 0):
+                    m.next = "Idle"
+                    if rate:
+                        with m.If(more_steps):
+                            m.next = "RateStep"
+
+            with m.State("Emit"):  # the output layer's logits, one per valid lane
+                value = Signal(signed(VB))
+                m.d.comb += value.eq(Array(v)[emit])
+                m.d.comb += [self.o_logits.valid.eq(1),
+                             self.o_logits.p.index.eq(fm.chan + emit),
+                             self.o_logits.p.value.eq(value)]
+                with m.If(self.o_logits.ready):
+                    m.d.sync += emit.eq(emit + 1)
+                    with m.If(~have_best | (value > best)):
+                        m.d.sync += [best.eq(value), best_idx.eq(fm.chan + emit),
+                                     have_best.eq(1)]
+                    with m.If((emit + 1 == P) | (fm.chan + emit + 1 >= desc.c_out)):
+                        m.next = "Idle"

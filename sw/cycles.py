@@ -1,23 +1,44 @@
-"""The engine's cycle model: cycles per layer and per inference, predicted exactly.
+"""The engine's schedule: its layer plan and its cycle count per layer, predicted exactly.
 
-It counts the schedule of :class:`bitspike.hw.engine.Engine` (docs/engine.md) from the golden
-model's actual events, for a given number of lanes ``P``. The engine's own cycle counter must
-equal :func:`engine_cycles` for every Program, input and configuration it runs (checked in
-tests/test_hw_engine.py).
+:func:`layer_plan` is the engine's view of a Program (the rows of its layer-table ROM), used by
+:class:`bitspike.hw.engine.Engine` and by the cycle model here, so the two cannot drift apart.
+:func:`engine_cycles` counts the engine's schedule (docs/engine.md) from the golden model's
+actual events for ``P`` lanes; the engine's own cycle counter must equal it for every Program,
+input and configuration it runs (tests/test_hw_engine.py).
 
-Per inference (input stream valid every cycle, output streams always ready):
+The schedule in one paragraph. The engine runs the *executed* layers: every conv3x3 and dense
+layer; a 2x2 sum-pooling layer is fused into the firing conv3x3 layer before it (the conv walks
+its outputs window by window and its firing stage adds the four levels, or, in rate mode,
+appends each spike to the pooled position's list). Per output position and group of ``P``
+channels the walker issues one accumulate per input event (a *segment*: all bit planes of the
+receptive field in bit-serial mode and in rate mode's first layer, one time step otherwise; an
+empty segment costs one cycle). The last accumulate of a segment hands the ``P`` sums to the
+firing stage through a one-entry buffer, so firing and writing one group overlaps the
+accumulation of the next. Per segment ``i`` with ``n_i = max(1, events)`` issue cycles and a
+firing-stage occupancy ``f_i``::
 
-* load: ``sum over pixels of (1 + popcount(level))`` (accept, then one list append per 1-bit);
-* per layer: 1 (start) + for a firing layer ``T_out x list positions`` (clearing the next
-  layer's list counts; one list per plane for a dense successor) + per output position and
-  group of ``P`` channels: ``1 + sum over planes and taps of (events + 1) + 2`` (clear, walk the
-  receptive field: conv 9 taps, pooling 4, dense 1 flat list; the "+1" of a tap advances, or
-  shifts between planes, or adds the bias; drain), then a firing layer
-  ``1 + T_out + 1 + ones + 1`` (load, successive approximation, clip, one append per emitted
-  1-bit, finish) or the output layer ``valid outputs + 1``; + 1 to swap buffers (all layers but
-  the last).
+    l_i    = max(s_i + n_i - 1, take_{i-1})        # its last accumulate issues (waits for space)
+    take_i = max(l_i + 3, take_{i-1} + f_{i-1})    # the firing stage takes it (2-stage pipeline)
+    s_{i+1} = l_i + 1
 
-The lower bound of issue 4 is ``ceil(active synaptic ops / P)`` per layer.
+and the layer ends at ``take_N + f_N``. Per layer: 1 (start) + for a firing layer one cycle per
+row of the lists it writes (clearing their nonempty bitmap) + ``take_N + f_N + 1`` + 1 to swap
+buffers (all but the last layer). The load costs 1 per pixel plus 1 per 1-bit of its level.
+
+``f_i`` (output streams always ready; ``+`` trace records, one cycle each, with ``trace``):
+
+==========================  =========================================================
+bit-serial firing           ``1 + T_out + 1 + writes`` (take, successive approximation,
+                            clip; writes = emitted 1-bits, or for a fused pool the pooled
+                            levels' 1-bits after the window's 4th position) ``+ 2 (+1)``
+bit-serial output           ``1 + valid outputs`` ``+ 1``
+rate, first layer           ``1 + sum_t (1 + spikes_t)`` (``S`` IF steps on one current)
+                            ``+ 2 S``
+rate, later firing layer    ``1 + spikes_t`` per step ``+ 2``
+rate output layer           ``1`` per step, ``+ valid outputs (+ 1)`` after the last
+==========================  =========================================================
+
+The lower bound of issue 4 is ``ceil(active synaptic ops / P)`` per Program layer.
 """
 
 from __future__ import annotations
@@ -28,17 +49,90 @@ import torch
 
 from .errors import BitspikeError
 from .golden import GoldenResult, run_program
-from .program import Layer, Program
+from .program import Program
+
+KIND_DENSE, KIND_CONV = 0, 1
+TAPS = 9  # the walker's tap slots per plane (a dense layer uses slot 0)
+
+
+class PlanError(BitspikeError):
+    """The Program has a layer sequence the engine's schedule does not run."""
+
+
+def _map(shape) -> tuple[int, int, int]:
+    shape = tuple(shape)
+    return shape if len(shape) == 3 else (shape[0], 1, 1)
+
+
+def layer_plan(program: Program, lanes: int) -> list[dict]:
+    """The engine's executed layers (its layer-table rows), in order.
+
+    Every field is a non-negative integer: shapes, groups, weight/bias row bases, time steps, the
+    fused pool and where the layer writes its output lists. Raises :class:`PlanError` for a pool
+    that does not follow a firing conv3x3 layer (the engine fuses pooling into that conv).
+    """
+    if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
+        raise BitspikeError(f"lanes must be a positive integer, not {lanes!r}")
+    layers, rows = program.layers, []
+    rate = program.mode == "rate"
+    steps = program.rate_steps
+    w_base = b_base = 0
+    i = 0
+    while i < len(layers):
+        lay = layers[i]
+        if lay.kind == "sumpool2x2":
+            raise PlanError(f"layer {i} ({lay.name}): the engine fuses 2x2 sum pooling into the "
+                            "firing conv3x3 layer before it; a pool after "
+                            f"{'the input' if i == 0 else layers[i - 1].kind} is not supported "
+                            "(put a conv3x3 layer first)")
+        pool = i + 1 < len(layers) and layers[i + 1].kind == "sumpool2x2"
+        if pool and lay.kind != "conv3x3":
+            raise PlanError(f"layer {i + 1} ({layers[i + 1].name}): sum pooling must follow a "
+                            f"conv3x3 layer, not {lay.kind}")
+        written = layers[i + 1] if pool else lay  # the layer whose output lists this one writes
+        nxt_i = i + 2 if pool else i + 1
+        nxt = layers[nxt_i] if nxt_i < len(layers) else None
+        c_in, h, w = _map(lay.in_shape)
+        c_out, oh, ow = _map(lay.out_shape)
+        _, wr_h, wr_w = _map(written.out_shape)
+        groups = -(-c_out // lanes)
+        wr_flat = int(nxt is not None and nxt.kind == "dense")
+        row = {
+            "kind": KIND_CONV if lay.kind == "conv3x3" else KIND_DENSE, "index": i,
+            "c_in": c_in, "h": h, "w": w, "in_flat": int(lay.kind == "dense"),
+            "n_in": c_in * h * w, "c_out": c_out, "oh": oh, "ow": ow, "groups": groups,
+            "rows": lay.fan_in, "w_base": w_base, "b_base": b_base, "t_in": lay.t_in,
+            "t_out": lay.t_out, "levels": lay.levels, "fires": int(lay.fires),
+            "last": int(nxt is None), "pool": int(pool), "quads": 4 if pool else 1,
+            "win_h": wr_h, "win_w": wr_w, "wr_t": written.t_out, "wr_flat": wr_flat,
+            "wr_hw": wr_h * wr_w, "clear_rows": (1 if wr_flat else wr_h) if lay.fires else 0,
+            "rate": int(rate), "analog": int(rate and i == 0), "per_step": int(rate and i > 0),
+            "steps": steps, "tau": program.tau,
+            # the longest list this layer reads or writes (rate pooling appends a channel once
+            # per spike of each of the window's 4 positions)
+            "capacity": max(c_in * h * w if lay.kind == "dense" else c_in,
+                            c_out * (wr_h * wr_w if wr_flat else 1) * (4 if rate and pool else 1)),
+        }
+        rows.append(row)
+        w_base += groups * lay.fan_in
+        b_base += groups
+        i = nxt_i
+    return rows
 
 
 @dataclass
 class CycleReport:
-    """Cycles of one inference: ``load``, then one entry per layer, and the total."""
+    """Cycles of one inference: ``load``, then one entry per executed layer, and the total.
+
+    ``layers[k]`` is executed layer ``k`` (a fused pool's cycles are inside its conv's);
+    ``synaptic_ops`` has one entry per Program layer (the bound counts every layer).
+    """
 
     lanes: int
     load: int
     layers: list[int] = field(default_factory=list)
     synaptic_ops: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -46,12 +140,12 @@ class CycleReport:
 
     @property
     def lower_bound(self) -> int:
-        """``ceil(active synaptic ops / P)`` summed over the layers."""
+        """``ceil(active synaptic ops / P)`` summed over the Program's layers."""
         return sum(-(-ops // self.lanes) for ops in self.synaptic_ops)
 
     def to_dict(self) -> dict:
         return {"lanes": self.lanes, "load": self.load, "layers": self.layers,
-                "synaptic_ops": self.synaptic_ops, "total": self.total,
+                "names": self.names, "synaptic_ops": self.synaptic_ops, "total": self.total,
                 "lower_bound": self.lower_bound}
 
 
@@ -60,68 +154,105 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x if x.dim() == 4 else x.view(x.shape[0], x.shape[1], 1, 1)
 
 
-def _walk(layer: Layer, events: torch.Tensor, oy: int, ox: int) -> tuple[int, int]:
-    """(issue cycles, synaptic events walked) of one group at output position (oy, ox)."""
-    counts = events.sum(dim=1)  # (T, H, W): events per list (channels summed)
-    t_in, h, w = counts.shape
-    if layer.kind == "dense":
-        n = int(counts.sum())
-        return n + t_in, n
-    taps = ([(dy, dx) for dy in range(3) for dx in range(3)] if layer.kind == "conv3x3"
-            else [(dy, dx) for dy in range(2) for dx in range(2)])
-    total = 0
-    for dy, dx in taps:
-        iy, ix = (oy + dy - 1, ox + dx - 1) if layer.kind == "conv3x3" else (2 * oy + dy,
-                                                                             2 * ox + dx)
-        if 0 <= iy < h and 0 <= ix < w:
-            total += int(counts[:, iy, ix].sum())
-    return total + t_in * len(taps), total
+def _receptive_counts(row: dict, counts: torch.Tensor, oy: int, ox: int) -> torch.Tensor:
+    """Events per plane in the receptive field of output (oy, ox): ``(planes,)``."""
+    if row["kind"] == KIND_DENSE:
+        return counts.sum(dim=(1, 2))
+    h, w = counts.shape[1:]
+    y0, y1, x0, x1 = max(oy - 1, 0), min(oy + 2, h), max(ox - 1, 0), min(ox + 2, w)
+    return counts[:, y0:y1, x0:x1].sum(dim=(1, 2))
+
+
+def _synaptic_ops(program: Program, inputs: list[torch.Tensor]) -> list[int]:
+    """Active synaptic operations per Program layer: every input event times its fan-out."""
+    ops = []
+    for lay, events in zip(program.layers, inputs, strict=True):
+        ev = _as_map(events)
+        if lay.kind == "sumpool2x2":
+            ops.append(int(ev.sum()))  # an event feeds its own channel's pooled output
+        elif lay.kind == "dense":
+            ops.append(int(ev.sum()) * lay.out_shape[0])
+        else:  # conv3x3: an event at (y, x) feeds the 3x3 outputs around it inside the map
+            h, w = ev.shape[2:]
+            ny = torch.tensor([min(y + 2, h) - max(y - 1, 0) for y in range(h)])
+            nx = torch.tensor([min(x + 2, w) - max(x - 1, 0) for x in range(w)])
+            fan = ny.view(-1, 1) * nx.view(1, -1)
+            ops.append(int((ev.sum(dim=(0, 1)) * fan).sum()) * lay.out_shape[0])
+    return ops
+
+
+def _segments(row: dict, events: torch.Tensor, out: torch.Tensor | None,
+              pooled: torch.Tensor | None, lanes: int, trace: bool):
+    """``(issue cycles, firing-stage cycles)`` of every segment of one executed layer."""
+    counts = _as_map(events).sum(dim=1)  # (planes, H, W): events per list
+    c_out, quads, steps = row["c_out"], row["quads"], row["steps"]
+    out_map = None if out is None else _as_map(out)
+    pooled_map = None if pooled is None else _as_map(pooled)
+    for wy in range(row["win_h"]):
+        for wx in range(row["win_w"]):
+            for g in range(0, c_out, lanes):
+                valid = min(lanes, c_out - g)
+                for q in range(quads):
+                    oy, ox = (2 * wy + q // 2, 2 * wx + q % 2) if row["pool"] else (wy, wx)
+                    per_plane = _receptive_counts(row, counts, oy, ox)
+                    lane_spikes = (None if out_map is None
+                                   else out_map[:, g:g + valid, oy, ox].sum(dim=1))
+                    if not row["rate"]:
+                        n = max(1, int(per_plane.sum()))
+                        if not row["fires"]:
+                            yield n, 1 + valid + int(trace)
+                            continue
+                        if row["pool"]:
+                            writes = (int(pooled_map[:, g:g + valid, wy, wx].sum())
+                                      if q == 3 else 0)
+                            records = 2 + int(q == 3)
+                        else:
+                            writes, records = int(lane_spikes.sum()), 2
+                        yield n, 2 + row["t_out"] + writes + records * int(trace)
+                    elif row["analog"]:
+                        n = max(1, int(per_plane.sum()))
+                        if row["fires"]:
+                            yield n, 1 + steps + int(lane_spikes.sum()) + 2 * steps * int(trace)
+                        else:
+                            yield n, 1 + steps + valid + int(trace)
+                    else:
+                        for t in range(steps):
+                            n = max(1, int(per_plane[t]))
+                            if row["fires"]:
+                                yield n, 1 + int(lane_spikes[t]) + 2 * int(trace)
+                            else:
+                                yield n, 1 + ((valid + int(trace)) if t == steps - 1 else 0)
+
+
+def _walk_cycles(segments) -> int:
+    """Cycles from the first walk cycle until the firing stage is idle after the last segment
+    (the recurrence in the module docstring), plus the cycle that sees it idle."""
+    s, take, busy = 0, None, 0
+    for n, f in segments:
+        last = s + n - 1 if take is None else max(s + n - 1, take)
+        take = last + 3 if take is None else max(last + 3, take + busy)
+        s, busy = last + 1, f
+    return take + busy + 1
 
 
 def engine_cycles(program: Program, result: GoldenResult, index: int, *, lanes: int,
                   trace: bool = False) -> CycleReport:
     """Cycles the engine with ``lanes`` lanes takes for image ``index`` of a golden run.
 
-    ``trace``: the engine was built with its trace port (one cycle per trace record: per group
-    the potentials, and for firing layers the emitted levels).
+    ``trace``: the engine was built with its trace port (one cycle per trace record).
     """
-    if program.mode != "bitserial":
-        raise BitspikeError("the cycle model covers the engine built so far: bit-serial "
-                            "Programs")
-    if not isinstance(lanes, int) or lanes < 1:
-        raise BitspikeError(f"lanes must be a positive integer, not {lanes!r}")
+    plan = layer_plan(program, lanes)
     pixels = result.input_spikes[index].to(torch.int64)  # (T_in, ...) bit planes
     report = CycleReport(lanes, int(pixels.numel() // pixels.shape[0] + pixels.sum()))
-    inputs = [pixels] + [s[index].to(torch.int64) for s in result.spikes[:-1]]
-    layers = program.layers
-    for li, lay in enumerate(layers):
-        events = _as_map(inputs[li])
-        c_out = lay.out_shape[0]
-        oh, ow = (lay.out_shape[1], lay.out_shape[2]) if len(lay.out_shape) == 3 else (1, 1)
-        last = li == len(layers) - 1
-        cycles = 1
-        if lay.fires:
-            flat_next = layers[li + 1].kind == "dense"
-            cycles += lay.t_out * (1 if flat_next else oh * ow)
-            out_bits = _as_map(result.spikes[li][index].to(torch.int64))
-        synops = 0
-        for oy in range(oh):
-            for ox in range(ow):
-                issue, walked = _walk(lay, events, oy, ox)
-                # a pooled event feeds only its own channel; a conv/dense event every output
-                synops += walked if lay.kind == "sumpool2x2" else walked * c_out
-                for g in range(0, c_out, lanes):
-                    valid = min(lanes, c_out - g)
-                    cycles += 1 + issue + 2 + (1 + int(lay.fires) if trace else 0)
-                    if lay.fires:
-                        ones = int(out_bits[:, g:g + valid, oy, ox].sum())
-                        cycles += 1 + lay.t_out + 1 + ones + 1
-                    else:
-                        cycles += valid + 1
-        if not last:
-            cycles += 1
-        report.layers.append(cycles)
-        report.synaptic_ops.append(synops)
+    layer_inputs = [pixels] + [s[index].to(torch.int64) for s in result.spikes[:-1]]
+    report.synaptic_ops = _synaptic_ops(program, layer_inputs)
+    for row in plan:
+        i = row["index"]
+        out = result.spikes[i][index].to(torch.int64) if row["fires"] else None
+        pooled = result.spikes[i + 1][index].to(torch.int64) if row["pool"] else None
+        walk = _walk_cycles(_segments(row, layer_inputs[i], out, pooled, lanes, trace))
+        report.layers.append(1 + row["clear_rows"] + walk + (0 if row["last"] else 1))
+        report.names.append(program.layers[i].name + ("+pool" if row["pool"] else ""))
     return report
 
 
