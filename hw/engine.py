@@ -130,6 +130,14 @@ class Engine(wiring.Component):
         self._tb = _bits(config.max_t - 1)
         longest = max(r["capacity"] for r in self._plan)
         self._cb = _bits(longest)  # one list holds at most `longest` events
+        # event address fields: a positional list (t, y, x) holds channels, a flat list (t) the
+        # flattened indices of a dense layer's input; each gets a k field just wide enough
+        positional = [r["c_in"] for r in self._plan if not r["in_flat"]] + [
+            r["capacity"] for r in self._plan if r["fires"] and not r["wr_flat"]]
+        flat = [r["n_in"] for r in self._plan if r["in_flat"]] + [
+            r["capacity"] for r in self._plan if r["fires"] and r["wr_flat"]]
+        self._kb_pos = _bits(max(positional, default=1) - 1)
+        self._kb_flat = _bits(max(flat, default=1) - 1)
         self._idx_bits = _bits(max(max(r["n_in"] for r in self._plan),
                                    max(r["c_out"] * r["wr_hw"] for r in self._plan)) - 1)
         self._logit_layout = data.StructLayout({
@@ -214,7 +222,11 @@ class Engine(wiring.Component):
         # ------------------------------------------------------------ event lists (ping-pong)
         # list (t, y, x): its events at Cat(k, x, y, t), its length in counts[Cat(x, y, t)]
         # (valid only while the list's bit is set in the nonempty bitmap: row y, bit Cat(x, t))
-        ev_addr_bits = cb + wb + hb + tb
+        kb_pos, kb_flat = self._kb_pos, self._kb_flat
+        ev_addr_bits = max(kb_pos + wb + hb, kb_flat) + tb
+
+        def event_address(k, t, y, x, flat):
+            return Mux(flat, Cat(k[:kb_flat], t), Cat(k[:kb_pos], x, y, t))
         cnt_addr_bits = wb + hb + tb
         row_bits = T << wb
         src = Signal()
@@ -241,6 +253,7 @@ class Engine(wiring.Component):
         rd_rows = [Signal(hb, name=f"rd_row{i}") for i in range(3)]
         wr_t, wr_y, wr_x = Signal(tb), Signal(hb), Signal(wb)
         wr_append, wr_clear, wr_index = Signal(), Signal(), Signal(self._idx_bits)
+        wr_flat = Signal()  # the list written is a flat one (its k field is the wide one)
         for b in range(2):
             reader = (src == b) & ~writing_src
             m.d.comb += [
@@ -266,14 +279,15 @@ class Engine(wiring.Component):
             m.d.comb += [
                 cnt_wr[b].addr.eq(Cat(wr_x, wr_y, wr_t)), cnt_wr[b].data.eq(count_out + 1),
                 cnt_wr[b].en.eq(wr_append & sel),
-                ev_wr[b].addr.eq(Cat(count_out[:cb], wr_x, wr_y, wr_t)),
+                ev_wr[b].addr.eq(event_address(count_out, wr_t, wr_y, wr_x, wr_flat)),
                 ev_wr[b].data.eq(wr_index), ev_wr[b].en.eq(wr_append & sel),
                 map_wr[b].addr.eq(wr_y),
                 map_wr[b].data.eq(Mux(wr_clear, 0, row_out | (Const(1, row_bits) << bit_at))),
                 map_wr[b].en.eq((wr_append | wr_clear) & sel)]
 
-        def append(t, y, x, index):
-            return [wr_t.eq(t), wr_y.eq(y), wr_x.eq(x), wr_index.eq(index), wr_append.eq(1)]
+        def append(t, y, x, index, flat):
+            return [wr_t.eq(t), wr_y.eq(y), wr_x.eq(x), wr_index.eq(index), wr_append.eq(1),
+                    wr_flat.eq(flat)]
 
         # ------------------------------------------------------------ walker (issue stage)
         meta_layout = data.StructLayout({
@@ -363,7 +377,8 @@ class Engine(wiring.Component):
         for i in range(1, TAPS):  # tap i's first weight row i * C_in, by additions
             m.d.comb += tap_bases[i].eq(tap_bases[i - 1] + desc.c_in)
         for b in range(2):
-            m.d.comb += ev_rd[b].addr.eq(Cat(kk[:cb], ix[:wb], iy[:hb], cur_t[:tb]))
+            m.d.comb += ev_rd[b].addr.eq(event_address(kk, cur_t[:tb], iy[:hb], ix[:wb],
+                                                       desc.in_flat))
         ev_index = Signal(self._idx_bits)
         m.d.comb += ev_index.eq(Mux(src, ev_rd[1].data, ev_rd[0].data))
 
@@ -431,9 +446,9 @@ class Engine(wiring.Component):
                     m.d.comb += rest.eq(remaining & ~(Const(1, T) << hi))
                     plane = first["t_in"] - 1 - hi
                     if first["in_flat"]:
-                        m.d.comb += append(plane, 0, 0, pflat - 1)
+                        m.d.comb += append(plane, 0, 0, pflat - 1, 1)
                     else:
-                        m.d.comb += append(plane, lpy, lpx, lpc)
+                        m.d.comb += append(plane, lpy, lpx, lpc, 0)
                     m.d.sync += remaining.eq(rest)
                     with m.If((rest == 0) & load_done):
                         m.next = "LayerStart"
@@ -786,9 +801,9 @@ class Engine(wiring.Component):
                 offset = Signal.like(lane_off[0])
                 m.d.comb += offset.eq(Array(lane_off)[lane])
                 with m.If(desc.wr_flat):
-                    m.d.comb += append(wbase + plane, 0, 0, fm.flat + offset + fm.wpos)
+                    m.d.comb += append(wbase + plane, 0, 0, fm.flat + offset + fm.wpos, 1)
                 with m.Else():
-                    m.d.comb += append(wbase + plane, fm.wy, fm.wx, fm.chan + lane)
+                    m.d.comb += append(wbase + plane, fm.wy, fm.wx, fm.chan + lane, 0)
                 rest = Signal(TP)
                 m.d.comb += rest.eq(pending & ~(Const(1, TP) << lowest))
                 m.d.sync += pending.eq(rest)

@@ -51,7 +51,7 @@ def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
                     t = tr[2]
                     records.append({"kind": int(t.kind), "layer": int(t.layer), "oy": int(t.oy),
                                     "ox": int(t.ox), "group": int(t.group),
-                                    "cycles": int(t.cycles),
+                                    "step": int(t.step), "cycles": int(t.cycles),
                                     "values": [int(v) for v in t.values]})
                 cycle += 1
                 if cycle > max_cycles:

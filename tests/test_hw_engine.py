@@ -173,11 +173,16 @@ def test_trained_digits_cnn_matches_golden(digits):
     assert got[0][1] == int(digits.y_test[0])
 
 
-def test_refuses_what_it_cannot_run(quick_checkpoint):
-    from bitspike.sw.pipeline import convert_checkpoint
-    rate = convert_checkpoint(quick_checkpoint, method="qcfs", steps=2).program
-    with pytest.raises(EngineUnsupported, match="rate datapath is not built"):
-        Engine(config=EngineConfig.for_program(rate, lanes=8), program=rate)
+def test_refuses_a_pool_it_cannot_fuse():
+    """The engine fuses 2x2 pooling into the conv before it; a pool right after the input is
+    refused at elaboration, naming the layer and what to do."""
+    layers = [Layer("pool0", "sumpool2x2", (1, 4, 4), (1, 2, 2), 1, 3, 4, True),
+              Layer("out", "dense", (1, 2, 2), (2,), 3, 0, 0, False,
+                    weights=np.ones((2, 4), int), bias=np.zeros(2, int))]
+    program = Program("bitserial", InputSpec((1, 4, 4), 1, 1), layers, 3, t_steps=0)
+    program.validate()
+    with pytest.raises(EngineUnsupported, match=r"layer 0 \(pool0\).*fuses 2x2 sum pooling"):
+        Engine(config=EngineConfig.for_program(program, lanes=2), program=program)
 
 
 def test_refuses_a_program_that_does_not_fit(mlp):
@@ -196,26 +201,52 @@ def test_verilog_has_no_multiplier(mlp):
 
 
 def _golden_trace(program: Program, golden, n: int, lanes: int) -> list[dict]:
-    """The trace records the engine must emit for image ``n`` (same order and contents)."""
+    """The trace records the engine must emit for image ``n`` (same order and contents).
+
+    Walk order per executed layer (sw/cycles.layer_plan): window, group, position in the window
+    (4 for a fused pool), then the rate steps.
+    """
+    from bitspike.sw.cycles import layer_plan
+
+    def grid(x):
+        return x if x.dim() == 3 else x.view(-1, 1, 1)
+
+    def lane_values(x, oy, ox, c0):
+        return [int(x[c, oy, ox]) if c < x.shape[0] else 0 for c in range(c0, c0 + lanes)]
+
+    rate = program.mode == "rate"
     records = []
-    for li, lay in enumerate(program.layers):
-        u0 = golden.accumulators[li][n][-1]
-        if lay.bias is not None:
-            u0 = u0 + torch.from_numpy(lay.bias).view(-1, *[1] * (u0.dim() - 1))
-        u0 = u0 if u0.dim() == 3 else u0.view(-1, 1, 1)
-        levels = golden.levels[li][n]
-        levels = levels if levels.dim() == 3 else levels.view(-1, 1, 1)
-        c_out, oh, ow = u0.shape
-        for oy in range(oh):
-            for ox in range(ow):
-                for g, c0 in enumerate(range(0, c_out, lanes)):
-                    def lane_values(x, oy=oy, ox=ox, c0=c0, c_out=c_out):
-                        return [int(x[c, oy, ox]) if c < c_out else 0
-                                for c in range(c0, c0 + lanes)]
-                    where = {"layer": li, "oy": oy, "ox": ox, "group": g}
-                    records.append({"kind": 0, **where, "values": lane_values(u0)})
-                    if lay.fires:
-                        records.append({"kind": 1, **where, "values": lane_values(levels)})
+    for row in layer_plan(program, lanes):
+        li = row["index"]
+        lay = program.layers[li]
+        for wy in range(row["win_h"]):
+            for wx in range(row["win_w"]):
+                for g, c0 in enumerate(range(0, row["c_out"], lanes)):
+                    for q in range(row["quads"]):
+                        oy, ox = (2 * wy + q // 2, 2 * wx + q % 2) if row["pool"] else (wy, wx)
+                        where = {"layer": li, "oy": oy, "ox": ox, "group": g}
+                        if not lay.fires:
+                            logits = grid(golden.logits[n])
+                            records.append({"kind": 0, **where, "step": 0,
+                                            "values": lane_values(logits, oy, ox, c0)})
+                        elif not rate:
+                            u0 = golden.accumulators[li][n][-1] + torch.from_numpy(
+                                lay.bias).view(-1, *[1] * (golden.accumulators[li][n].dim() - 2))
+                            records.append({"kind": 0, **where, "step": 0,
+                                            "values": lane_values(grid(u0), oy, ox, c0)})
+                            records.append({"kind": 1, **where, "step": 0, "values": lane_values(
+                                grid(golden.levels[li][n]), oy, ox, c0)})
+                            if row["pool"] and q == 3:
+                                records.append({
+                                    "kind": 1, "layer": li + 1, "oy": wy, "ox": wx, "group": g,
+                                    "step": 0, "values": lane_values(
+                                        grid(golden.levels[li + 1][n]), wy, wx, c0)})
+                        else:
+                            for t in range(program.rate_steps):
+                                for kind, x in ((0, golden.accumulators[li][n][t]),
+                                                (1, golden.spikes[li][n][t])):
+                                    records.append({"kind": kind, **where, "step": t,
+                                                    "values": lane_values(grid(x), oy, ox, c0)})
     return records
 
 
@@ -273,3 +304,115 @@ def test_input_larger_than_every_weight_block():
     images = torch.stack([torch.zeros(2, 4, 4, dtype=torch.int64),
                           torch.ones(2, 4, 4, dtype=torch.int64)])
     check(program, images, 1)
+
+
+# ------------------------------------------------------------------ rate-coded IF mode
+
+
+def _random_rate_program(draw) -> Program:
+    """Random rate Program: [conv3x3 [+ pool]] or dense hidden layers, then a dense output;
+    qcfs (tau = 0) or srp (tau >= 1) with random thresholds and initial potentials."""
+    weight_bits = draw(st.sampled_from([3, 6]))
+    qmax = 2 ** (weight_bits - 1) - 1
+    t_steps, tau = draw(st.integers(1, 4)), draw(st.integers(0, 2))
+    steps = t_steps + tau
+    t_in = draw(st.integers(1, 3))
+
+    def ints(n, lo, hi):
+        return np.asarray(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)))
+
+    layers = []
+    if draw(st.booleans()):  # conv [+ pool]
+        c, h = draw(st.integers(1, 2)), draw(st.sampled_from([2, 4]))
+        shape = (c, h, h)
+        c_out = draw(st.integers(1, 5))
+        theta = ints(c_out, 1, 60)
+        layers.append(Layer("conv0", "conv3x3", shape, (c_out, h, h), t_in, steps, 1, True,
+                            weights=ints(c_out * c * 9, -qmax, qmax).reshape(c_out, c, 3, 3),
+                            bias=ints(c_out, -20, 20), threshold=theta,
+                            v_init=ints(c_out, 0, 30)))
+        out_shape = (c_out, h, h)
+        if draw(st.booleans()):
+            pooled = (c_out, h // 2, h // 2)
+            layers.append(Layer("pool0", "sumpool2x2", out_shape, pooled, steps, steps, 4,
+                                True))
+            out_shape = pooled
+        input_shape, in_t = shape, t_in
+    else:
+        n_in = draw(st.integers(1, 10))
+        input_shape, out_shape, in_t = (n_in,), (n_in,), t_in
+        layers_before = draw(st.integers(0, 2))
+        prev = n_in
+        for i in range(layers_before):
+            m = draw(st.integers(1, 9))
+            layers.append(Layer(f"fc{i}", "dense", (prev,), (m,), t_in if i == 0 else steps,
+                                steps, 1, True, weights=ints(m * prev, -qmax, qmax).reshape(
+                                    m, prev), bias=ints(m, -20, 20), threshold=ints(m, 1, 60),
+                                v_init=ints(m, -10, 30)))
+            prev = m
+            out_shape = (m,)
+    n_in, classes = int(np.prod(out_shape)), draw(st.integers(1, 5))
+    layers.append(Layer("out", "dense", out_shape, (classes,), steps if layers else in_t, 0, 0,
+                        False, weights=ints(classes * n_in, -qmax, qmax).reshape(classes, n_in),
+                        bias=ints(classes, -30, 30)))
+    program = Program("rate", InputSpec(input_shape, 2**in_t - 1, in_t), layers, weight_bits,
+                      method="srp" if tau else "qcfs", t_steps=t_steps, tau=tau)
+    program.validate()
+    return program
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), lanes=st.sampled_from([1, 2, 4]))
+def test_random_rate_programs(data, lanes):
+    """Rate-coded IF (qcfs and srp) on random dense and conv+pool Programs: logits, class and
+    cycles equal the golden model's."""
+    program = _random_rate_program(data.draw)
+    n = int(np.prod(program.input.shape))
+    images = torch.tensor(data.draw(st.lists(st.integers(0, program.input.max_level),
+                                             min_size=2 * n, max_size=2 * n)))
+    check(program, images.view(2, *program.input.shape), lanes)
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), lanes=st.sampled_from([1, 3]))
+def test_trace_of_random_rate_programs(data, lanes):
+    """Every step's potentials and spikes (after SRP's mask) against the golden model."""
+    program = _random_rate_program(data.draw)
+    n = int(np.prod(program.input.shape))
+    images = torch.tensor(data.draw(st.lists(st.integers(0, program.input.max_level),
+                                             min_size=n, max_size=n)))
+    _check_trace(program, images.view(1, *program.input.shape), lanes)
+
+
+@pytest.fixture(scope="module")
+def rate_cnns(quick_checkpoint):
+    from bitspike.sw.pipeline import convert_checkpoint
+    return {method: convert_checkpoint(quick_checkpoint, method=method, steps=4, **kw).program
+            for method, kw in (("qcfs", {}), ("srp", {"tau": 2}))}
+
+
+@pytest.mark.parametrize("method", ["qcfs", "srp"])
+def test_converted_rate_cnns_match_golden(rate_cnns, digits, method):
+    """digits-cnn converted to rate Programs (qcfs, and srp with its probe steps): exact."""
+    program = rate_cnns[method]
+    assert program.mode == "rate" and program.tau == (2 if method == "srp" else 0)
+    check(program, digits.x_test[:1], 32)
+
+
+@pytest.fixture(scope="module")
+def rate_mlp(digits, tmp_path_factory):
+    from bitspike.sw.checkpoint import save_checkpoint
+    from bitspike.sw.pipeline import convert_checkpoint
+    from bitspike.sw.train import TrainConfig, train
+    model, meta = train(TrainConfig(arch="digits-mlp", epochs=2), digits, progress=False)
+    path = tmp_path_factory.mktemp("mlp") / "model.pt"
+    save_checkpoint(path, model, meta)
+    return convert_checkpoint(path, method="srp", steps=4, tau=2).program
+
+
+def test_rate_back_pressure_loses_nothing(rate_mlp, digits):
+    check(rate_mlp, digits.x_test[:2], 4, ready_prob=0.4, seed=7)
+
+
+def test_rate_reset_mid_inference_then_correct_results(rate_mlp, digits):
+    check(rate_mlp, digits.x_test[:2], 8, reset_after=150)

@@ -22,10 +22,28 @@ def test_rtl_writes_verilog_and_estimates_cycles(tmp_path, capsys):
     assert cycles["mean"] > cycles["lower_bound_mean"] > 0
 
 
-def test_rtl_refuses_what_the_engine_cannot_run(tmp_path, capsys, quick_checkpoint):
+def test_rtl_runs_rate_programs_too(tmp_path, capsys, quick_checkpoint):
     prog = tmp_path / "prog"
-    assert main(["convert", str(quick_checkpoint), "--method", "qcfs", "--steps", "2",
-                 "--out", str(prog)]) == 0
+    assert main(["convert", str(quick_checkpoint), "--method", "srp", "--steps", "2",
+                 "--tau", "1", "--out", str(prog)]) == 0
     capsys.readouterr()
-    assert main(["rtl", str(prog), "--out", str(tmp_path / "rtl")]) == 1
-    assert "rate datapath is not built" in capsys.readouterr().err
+    assert main(["rtl", str(prog), "--lanes", "16", "--out", str(tmp_path / "rtl"),
+                 "--images", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["modes"] == ["rate"]
+    assert result["cycles"]["mean"] >= result["cycles"]["lower_bound_mean"] > 0
+    assert "module bitspike_engine" in (tmp_path / "rtl" / "bitspike_engine.v").read_text()
+
+
+def test_rtl_refuses_what_the_engine_cannot_run(tmp_path, capsys):
+    import numpy as np
+
+    from bitspike.sw.program import InputSpec, Layer, Program
+    layers = [Layer("pool0", "sumpool2x2", (1, 4, 4), (1, 2, 2), 1, 3, 4, True),
+              Layer("out", "dense", (1, 2, 2), (2,), 3, 0, 0, False,
+                    weights=np.ones((2, 4), int), bias=np.zeros(2, int))]
+    program = Program("bitserial", InputSpec((1, 4, 4), 1, 1), layers, 3, t_steps=0)
+    program.save(tmp_path / "prog")
+    assert main(["rtl", str(tmp_path / "prog"), "--out", str(tmp_path / "rtl")]) == 1
+    err = capsys.readouterr().err
+    assert "layer 0 (pool0)" in err and "fuses 2x2 sum pooling" in err
