@@ -194,11 +194,11 @@ def _segments(row: dict, events: torch.Tensor, out: torch.Tensor | None,
                 valid = min(lanes, c_out - g)
                 for q in range(quads):
                     oy, ox = (2 * wy + q // 2, 2 * wx + q % 2) if row["pool"] else (wy, wx)
-                    per_plane = _receptive_counts(row, counts, oy, ox)
+                    per_plane = _receptive_counts(row, counts, oy, ox).tolist()
                     lane_spikes = (None if out_map is None
-                                   else out_map[:, g:g + valid, oy, ox].sum(dim=1))
+                                   else out_map[:, g:g + valid, oy, ox].sum(dim=1).tolist())
                     if not row["rate"]:
-                        n = max(1, int(per_plane.sum()))
+                        n = max(1, sum(per_plane))
                         if not row["fires"]:
                             yield n, 1 + valid + int(trace)
                             continue
@@ -207,19 +207,19 @@ def _segments(row: dict, events: torch.Tensor, out: torch.Tensor | None,
                                       if q == 3 else 0)
                             records = 2 + int(q == 3)
                         else:
-                            writes, records = int(lane_spikes.sum()), 2
+                            writes, records = sum(lane_spikes), 2
                         yield n, 2 + row["t_out"] + writes + records * int(trace)
                     elif row["analog"]:
-                        n = max(1, int(per_plane.sum()))
+                        n = max(1, sum(per_plane))
                         if row["fires"]:
-                            yield n, 1 + steps + int(lane_spikes.sum()) + 2 * steps * int(trace)
+                            yield n, 1 + steps + sum(lane_spikes) + 2 * steps * int(trace)
                         else:
                             yield n, 1 + steps + valid + int(trace)
                     else:
                         for t in range(steps):
-                            n = max(1, int(per_plane[t]))
+                            n = max(1, per_plane[t])
                             if row["fires"]:
-                                yield n, 1 + int(lane_spikes[t]) + 2 * int(trace)
+                                yield n, 1 + lane_spikes[t] + 2 * int(trace)
                             else:
                                 yield n, 1 + ((valid + int(trace)) if t == steps - 1 else 0)
 
