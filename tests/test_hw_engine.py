@@ -416,3 +416,45 @@ def test_rate_back_pressure_loses_nothing(rate_mlp, digits):
 
 def test_rate_reset_mid_inference_then_correct_results(rate_mlp, digits):
     check(rate_mlp, digits.x_test[:2], 8, reset_after=150)
+
+
+def _dense_chain(t_in: int, t_hidden: int, bias: int, seed: int) -> Program:
+    """8 inputs -> 20 hidden (T = t_hidden, L = 2^T - 1) -> 3 outputs, fixed random weights."""
+    rng = np.random.default_rng(seed)
+    levels = 2**t_hidden - 1
+    layers = [Layer("fc0", "dense", (8,), (20,), t_in, t_hidden, levels, True,
+                    weights=rng.integers(-7, 8, (20, 8)), bias=np.full(20, bias),
+                    threshold=rng.integers(1, 9, 20)),
+              Layer("out", "dense", (20,), (3,), t_hidden, 0, 0, False,
+                    weights=rng.integers(-7, 8, (3, 20)), bias=np.array([5, -5, 0]))]
+    program = Program("bitserial", InputSpec((8,), 2**t_in - 1, t_in), layers, 4,
+                      t_steps=t_hidden)
+    program.validate()
+    return program
+
+
+@pytest.mark.parametrize("t_in, t_hidden", [(1, 1), (8, 8), (1, 8), (8, 1)])
+@pytest.mark.parametrize("lanes", [1, 20, 32])
+def test_one_and_max_time_steps_with_one_and_many_lanes(t_in, t_hidden, lanes):
+    """T = 1 and T = 8 (the widest here) on input and hidden layer, with a single lane, one
+    lane per hidden neuron, and more lanes than neurons."""
+    program = _dense_chain(t_in, t_hidden, bias=3, seed=t_in * 10 + t_hidden)
+    rng = np.random.default_rng(lanes)
+    images = torch.from_numpy(rng.integers(0, 2**t_in, (2, 8)))
+    images[1] = 2**t_in - 1  # saturating
+    check(program, images, lanes)
+
+
+def test_negative_potentials_fire_nothing_and_are_traced():
+    """A large negative bias drives every hidden potential below zero: level 0, no events for
+    the output layer (its logits are its bias), and the trace shows the negative u0."""
+    program = _dense_chain(4, 3, bias=-10_000, seed=1)
+    images = torch.full((1, 8), 15, dtype=torch.int64)
+    golden = run_program(program, images, trace=True)
+    assert int(golden.levels[0].max()) == 0
+    assert golden.logits[0].tolist() == [5, -5, 0]
+    _check_trace(program, images, 4)
+    dut = Engine(config=EngineConfig.for_program(program, lanes=4), program=program, trace=True)
+    (_, _, _, records), = run_engine(dut, [images[0]])
+    assert all(v < 0 for r in records if r["kind"] == 0 and r["layer"] == 0
+               for v in r["values"])
