@@ -138,8 +138,11 @@ class Engine(wiring.Component):
             r["capacity"] for r in self._plan if r["fires"] and r["wr_flat"]]
         self._kb_pos = _bits(max(positional, default=1) - 1)
         self._kb_flat = _bits(max(flat, default=1) - 1)
-        self._idx_bits = _bits(max(max(r["n_in"] for r in self._plan),
-                                   max(r["c_out"] * r["wr_hw"] for r in self._plan)) - 1)
+        self._ev_addr_bits = max(self._kb_pos + self._wb + self._hb, self._kb_flat) + self._tb
+        # an event holds a channel (positional list) or a flattened index (flat list)
+        self._idx_bits = _bits(max(
+            [r["n_in"] if r["in_flat"] else r["c_in"] for r in self._plan]
+            + [r["c_out"] * (r["wr_hw"] if r["wr_flat"] else 1) for r in self._plan]) - 1)
         self._logit_layout = data.StructLayout({
             "index": unsigned(_bits(program.classes)), "value": signed(config.acc_bits + 2)})
         self._result_layout = data.StructLayout({
@@ -165,6 +168,15 @@ class Engine(wiring.Component):
     @property
     def config(self) -> EngineConfig:
         return self._config
+
+    def list_memory_bits(self) -> dict[str, int]:
+        """Bits of the engine's own activation memories (both ping-pong halves): the event
+        lists, their lengths and the nonempty bitmaps (power-of-two address fields)."""
+        events = 2 * self._idx_bits << self._ev_addr_bits
+        counts = 2 * (self._cb + 1) << (self._wb + self._hb + self._tb)
+        bitmap = 2 * (self._config.max_t << self._wb) << self._hb
+        return {"event_lists": events, "list_lengths": counts, "nonempty_bitmaps": bitmap,
+                "total": events + counts + bitmap}
 
     @property
     def plan(self) -> list[dict]:
@@ -223,7 +235,7 @@ class Engine(wiring.Component):
         # list (t, y, x): its events at Cat(k, x, y, t), its length in counts[Cat(x, y, t)]
         # (valid only while the list's bit is set in the nonempty bitmap: row y, bit Cat(x, t))
         kb_pos, kb_flat = self._kb_pos, self._kb_flat
-        ev_addr_bits = max(kb_pos + wb + hb, kb_flat) + tb
+        ev_addr_bits = self._ev_addr_bits
 
         def event_address(k, t, y, x, flat):
             return Mux(flat, Cat(k[:kb_flat], t), Cat(k[:kb_pos], x, y, t))

@@ -245,7 +245,7 @@ def cmd_rtl(args) -> int:
     bound = sum(r.lower_bound for r in reports) / len(reports)
     mean = sum(totals) / len(totals)
     result = {"verilog": str(out / "bitspike_engine.v"), "config": config.to_dict(),
-              "cost": config.cost(), "cycles": {"images": len(totals), "mean": mean,
+              "cost": config.cost(), "list_memory_bits": engine.list_memory_bits(), "cycles": {"images": len(totals), "mean": mean,
                                                 "min": min(totals), "max": max(totals),
                                                 "lower_bound_mean": bound}}
     _emit(args, result, "\n".join([
@@ -253,6 +253,8 @@ def cmd_rtl(args) -> int:
         f"{out / 'engine_config.json'}",
         "config: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
                                if k not in ("format", "format_version")),
+        "memory bits: " + ", ".join(f"{k} {v:,}" for k, v in config.cost().items()) + "; "
+        "event lists " + ", ".join(f"{k} {v:,}" for k, v in engine.list_memory_bits().items()),
         f"cycles per inference over {len(totals)} test images (cycle model, exact for this "
         f"engine): mean {mean:.0f}, min {min(totals)}, max {max(totals)}; lower bound "
         f"ceil(active synaptic ops / P) = {bound:.0f} ({mean / bound:.2f}x)"]))
