@@ -14,7 +14,8 @@ BOXES = {
     "ev": (2.8, 3.3, 2.4, 1.8, "ping-pong event lists\nA / B: per (t, y, x)\nchannels + count\n"
            "+ nonempty bitmap rows"),
     "seq": (2.8, 5.6, 2.4, 1.0, "sequencer FSM\n+ layer table ROM\n(sw/cycles.layer_plan)"),
-    "walk": (2.5, 1.4, 1.8, 1.3, "walker: priority\nencoder over\n(plane, tap) slots:\n1 event per cycle"),
+    "walk": (2.5, 1.4, 1.8, 1.3,
+             "walker: priority\nencoder over\n(plane, tap) slots:\n1 event per cycle"),
     "wmem": (5.9, 5.6, 2.2, 1.0, "weight memory\nP-wide rows"),
     "lanes": (5.9, 3.3, 2.2, 1.6, "P accumulate lanes\nLOAD / SHIFT_ADD\n(acc << s) + w\n"
               "no multiplier"),

@@ -24,11 +24,12 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..sw.cycles import KIND_CONV, KIND_DENSE, TAPS, PlanError, layer_plan
+from ..sw.cycles import KIND_CONV, TAPS, PlanError, layer_plan
 from ..sw.errors import BitspikeError
 from ..sw.program import Program
 from .config import EngineConfig, pack_weights
 from .lanes import AccumulateLanes, LaneCommand
+from .neuron import ApproximationStep, IntegrateFireStep
 
 __all__ = ["Engine", "EngineUnsupported"]
 
@@ -619,20 +620,22 @@ class Engine(wiring.Component):
             if_u, if_v, if_keep, if_spike, if_sum = [], [], [], [], []
             for p in range(P):
                 x = Mux(in_idle, done[p], cur[p])
-                base = Mux((ts == 0) | srp_now, v_inits[p], v[p])
-                uu = Signal(signed(VB + T), name=f"if_u{p}")
-                m.d.comb += uu.eq(base + x + bias[p])
-                s = Signal(name=f"if_s{p}")
-                m.d.comb += s.eq(uu >= thresholds[p])
-                kp = Signal(name=f"if_keep{p}")
-                m.d.comb += kp.eq(Mux(ts == 0, 1, Mux(srp_now, v[p] >= 0, keep[p])))
+                unit = IntegrateFireStep(v_bits=VB + T, add_bits=AB + T,
+                                         bias_bits=cfg.bias_bits,
+                                         threshold_bits=cfg.threshold_bits,
+                                         v_init_bits=max(1, cfg.v_init_bits))
+                m.submodules[f"integrate_fire{p}"] = unit
+                m.d.comb += [unit.v.eq(v[p]), unit.keep.eq(keep[p]), unit.add.eq(x),
+                             unit.bias.eq(bias[p]), unit.threshold.eq(thresholds[p]),
+                             unit.v_init.eq(v_inits[p]), unit.first.eq(ts == 0),
+                             unit.probe_over.eq(srp_now), unit.enable.eq(lane_ok[p])]
                 acc_out = Signal(signed(VB + T), name=f"out_sum{p}")  # output layer
                 m.d.comb += acc_out.eq(Mux(ts == 0, 0, v[p])
                                        + Mux(ts >= desc.tau, x + bias[p], 0))
-                if_u.append(uu)
-                if_v.append(uu - Mux(s, thresholds[p], 0))
-                if_keep.append(kp)
-                if_spike.append(s & kp & lane_ok[p])
+                if_u.append(unit.potential)
+                if_v.append(unit.v_next)
+                if_keep.append(unit.keep_next)
+                if_spike.append(unit.spike)
                 if_sum.append(acc_out)
             spikes = Signal(P)
             m.d.comb += spikes.eq(Cat(*if_spike))
@@ -649,6 +652,13 @@ class Engine(wiring.Component):
                     self.o_trace.p.ox.eq(ox), self.o_trace.p.group.eq(fm.group),
                     self.o_trace.p.step.eq(t), self.o_trace.p.cycles.eq(cycles),
                     *[self.o_trace.p.values[p].eq(val) for p, val in enumerate(values)]]
+
+        if not rate:  # one successive-approximation step per lane and cycle
+            approximate = []
+            for p in range(P):
+                unit = ApproximationStep(u_bits=VB + T, thr_bits=cfg.threshold_bits + T)
+                m.submodules[f"approximate{p}"] = unit
+                approximate.append(unit)
 
         trace = self._trace
         more_steps = Signal()
@@ -756,11 +766,9 @@ class Engine(wiring.Component):
             if not rate:
                 with m.State("Approximate"):  # u >= D << (T - t): emit 1 and subtract
                     for p in range(P):
-                        fire = Signal(name=f"fire{p}")
-                        m.d.comb += fire.eq(u[p] >= thr[p])
-                        with m.If(fire):
-                            m.d.sync += u[p].eq(u[p] - thr[p])
-                        m.d.sync += [thr[p].eq(thr[p] >> 1), level[p].eq(Cat(fire, level[p]))]
+                        m.d.comb += [approximate[p].u.eq(u[p]), approximate[p].thr.eq(thr[p])]
+                        m.d.sync += [u[p].eq(approximate[p].u_next), thr[p].eq(thr[p] >> 1),
+                                     level[p].eq(Cat(approximate[p].fire, level[p]))]
                     m.d.sync += step.eq(step + 1)
                     with m.If(step + 1 == desc.t_out):
                         m.next = "Clip"

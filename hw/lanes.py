@@ -180,8 +180,9 @@ class AccumulateLanes(wiring.Component):
 class AccumulateLanesModel:
     """Python reference of :class:`AccumulateLanes`, cycle for cycle, in unbounded integers.
 
-    ``step(cmd, weights, bias, shift)`` applies one command (``weights`` and ``bias`` are sequences of
-    ``lanes`` integers) and returns the accumulators the hardware shows after the clock edge.
+    ``step(cmd, weights, bias, shift)`` applies one command (``weights`` and ``bias`` are
+    sequences of ``lanes`` integers) and returns the accumulators the hardware shows after the
+    clock edge.
     """
 
     def __init__(self, *, lanes: int, acc_bits: int):

@@ -1,5 +1,10 @@
-"""Neuron units of the spiking layer engine: one lane each.
+"""Neuron units of the spiking layer engine.
 
+:class:`ApproximationStep`, :class:`IntegrateFireStep`
+    The per-lane arithmetic, combinational: one successive-approximation compare/subtract, and
+    one integrate-and-fire step with reset by subtraction and SRP's mask. The engine's firing
+    stage instantiates ``P`` of each (its lanes fire in lockstep); the stream units below use
+    one each, so the arithmetic is written once.
 :class:`SuccessiveApproximationFire`
     The bit-serial mode's deferred fire and reset: takes a neuron's potential ``u0 = acc + B``
     and emits its level ``clip(floor(u0 / D), 0, L)`` as ``t_out`` bits, most significant first.
@@ -18,7 +23,8 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["IntegrateFire", "SuccessiveApproximationFire"]
+__all__ = ["ApproximationStep", "IntegrateFire", "IntegrateFireStep",
+           "SuccessiveApproximationFire"]
 
 
 def _check_int(name: str, value, *, minimum: int) -> int:
@@ -43,6 +49,91 @@ def _refusal(component):
     except (TypeError, ValueError):
         component._MustUse__silence = True
         raise
+
+
+class ApproximationStep(wiring.Component):
+    """One successive-approximation step of one lane (combinational).
+
+    ``fire = u >= thr``; ``u_next = u - thr`` when it fires, else ``u``. The caller loads
+    ``thr = D << (T - 1)`` and shifts it right once per step: compare, subtract and shifts only.
+
+    Parameters
+    ----------
+    u_bits : int
+        Width of the signed remainder ``u``.
+    thr_bits : int
+        Width of the unsigned shifted threshold ``thr``.
+
+    Members
+    -------
+    u : In(signed(u_bits))
+    thr : In(unsigned(thr_bits))
+    fire : Out(1)
+    u_next : Out(signed(u_bits))
+    """
+
+    def __init__(self, *, u_bits: int, thr_bits: int):
+        with _refusal(self):
+            _check_int("u_bits", u_bits, minimum=1)
+            _check_int("thr_bits", thr_bits, minimum=1)
+        super().__init__({"u": In(signed(u_bits)), "thr": In(unsigned(thr_bits)),
+                          "fire": Out(1), "u_next": Out(signed(u_bits))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += [self.fire.eq(self.u >= self.thr),
+                     self.u_next.eq(Mux(self.fire, self.u - self.thr, self.u))]
+        return m
+
+
+class IntegrateFireStep(wiring.Component):
+    """One integrate-and-fire step of one lane (combinational), as
+    ``bitspike.sw.golden.integrate_and_fire`` defines it::
+
+        base = v_init if first or probe_over else v      # (re)prime
+        keep' = 1 if first, (v >= 0) if probe_over, else keep   # SRP's mask at step tau
+        potential = base + add + bias
+        s = potential >= threshold;  v_next = potential - s threshold
+        spike = s & keep' & enable
+
+    ``probe_over`` is ``tau > 0 and step == tau`` (the caller counts steps); ``enable`` lets the
+    engine silence lanes beyond a layer's last channel.
+
+    Parameters
+    ----------
+    v_bits : int
+        Width of the signed potential ``v`` (and ``v_next``, ``potential``).
+    add_bits, bias_bits, threshold_bits, v_init_bits : int
+        Widths of the signed synaptic sum, signed bias, unsigned threshold, signed ``V0``.
+    """
+
+    def __init__(self, *, v_bits: int, add_bits: int, bias_bits: int, threshold_bits: int,
+                 v_init_bits: int):
+        with _refusal(self):
+            for name, value in (("v_bits", v_bits), ("add_bits", add_bits),
+                                ("bias_bits", bias_bits), ("threshold_bits", threshold_bits),
+                                ("v_init_bits", v_init_bits)):
+                _check_int(name, value, minimum=1)
+        super().__init__({
+            "v": In(signed(v_bits)), "keep": In(1), "add": In(signed(add_bits)),
+            "bias": In(signed(bias_bits)), "threshold": In(unsigned(threshold_bits)),
+            "v_init": In(signed(v_init_bits)), "first": In(1), "probe_over": In(1),
+            "enable": In(1),
+            "potential": Out(signed(v_bits)), "spike": Out(1), "v_next": Out(signed(v_bits)),
+            "keep_next": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        fire = Signal()
+        m.d.comb += [
+            self.keep_next.eq(Mux(self.first, 1, Mux(self.probe_over, self.v >= 0, self.keep))),
+            self.potential.eq(Mux(self.first | self.probe_over, self.v_init, self.v)
+                              + self.add + self.bias),
+            fire.eq(self.potential >= self.threshold),
+            self.v_next.eq(Mux(fire, self.potential - self.threshold, self.potential)),
+            self.spike.eq(fire & self.keep_next & self.enable),
+        ]
+        return m
 
 
 class _Order(enum.Enum, shape=2):
@@ -181,12 +272,14 @@ class SuccessiveApproximationFire(wiring.Component):
         index = Signal(range(self._max_t))   # position of the current bit, t_out - 1 down to 0
         order = Signal(_Order)
 
+        m.submodules.step = step = ApproximationStep(u_bits=self._acc_bits, thr_bits=thr_width)
         k_bit = Signal()                     # the unclipped SA bit: u >= D << index
         l_bit = Signal()
         out_bit = Signal()
         last = Signal()
         m.d.comb += [
-            k_bit.eq(u >= thr),
+            step.u.eq(u), step.thr.eq(thr),
+            k_bit.eq(step.fire),
             l_bit.eq(levels.bit_select(index, 1)),
             last.eq(index == 0),
         ]
@@ -219,9 +312,8 @@ class SuccessiveApproximationFire(wiring.Component):
                     m.next = "Idle"
 
         with m.If(bit_taken):
-            with m.If(k_bit):
-                m.d.sync += u.eq(u - thr)
             m.d.sync += [
+                u.eq(step.u_next),
                 thr.eq(thr >> 1),
                 index.eq(index - 1),
             ]
@@ -392,33 +484,26 @@ class IntegrateFire(wiring.Component):
             index.eq(Mux(step_in.first, 0, step)),
         ]
 
-        probe_over = Signal()
-        m.d.comb += probe_over.eq((self.tau != 0) & (index == self.tau))
-        keep_now = Signal()
-        v_base = Signal(signed(max(self._acc_bits, self._v_init_bits)))
-        with m.If(step_in.first):
-            m.d.comb += [keep_now.eq(1), v_base.eq(self.v_init)]
-        with m.Elif(probe_over):
-            m.d.comb += [keep_now.eq(v >= 0), v_base.eq(self.v_init)]
-        with m.Else():
-            m.d.comb += [keep_now.eq(keep), v_base.eq(v)]
-
-        potential = Signal(signed(max(self._acc_bits, self._v_init_bits, self._bias_bits) + 2))
-        fire = Signal()
+        m.submodules.unit = unit = IntegrateFireStep(
+            v_bits=max(self._acc_bits, self._v_init_bits, self._bias_bits) + 2,
+            add_bits=self._acc_bits, bias_bits=self._bias_bits,
+            threshold_bits=self._threshold_bits, v_init_bits=self._v_init_bits)
         m.d.comb += [
-            potential.eq(v_base + step_in.add + self.bias),
-            fire.eq(potential >= self.threshold),
+            unit.v.eq(v), unit.keep.eq(keep), unit.add.eq(step_in.add),
+            unit.bias.eq(self.bias), unit.threshold.eq(self.threshold),
+            unit.v_init.eq(self.v_init), unit.first.eq(step_in.first),
+            unit.probe_over.eq((self.tau != 0) & (index == self.tau)), unit.enable.eq(1),
         ]
 
         with m.If(take):
             m.d.sync += [
-                v.eq(Mux(fire, potential - self.threshold, potential)),
-                keep.eq(keep_now),
+                v.eq(unit.v_next),
+                keep.eq(unit.keep_next),
                 step.eq(Mux(index == self._max_tau + 1, index, index + 1)),
                 self.o_stream.valid.eq(1),
-                out.spike.eq(fire & keep_now),
+                out.spike.eq(unit.spike),
                 out.last.eq(step_in.last),
-                out.potential.eq(potential),
+                out.potential.eq(unit.potential),
             ]
         with m.Elif(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)

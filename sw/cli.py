@@ -245,9 +245,9 @@ def cmd_rtl(args) -> int:
     bound = sum(r.lower_bound for r in reports) / len(reports)
     mean = sum(totals) / len(totals)
     result = {"verilog": str(out / "bitspike_engine.v"), "config": config.to_dict(),
-              "cost": config.cost(), "list_memory_bits": engine.list_memory_bits(), "cycles": {"images": len(totals), "mean": mean,
-                                                "min": min(totals), "max": max(totals),
-                                                "lower_bound_mean": bound}}
+              "cost": config.cost(), "list_memory_bits": engine.list_memory_bits(),
+              "cycles": {"images": len(totals), "mean": mean, "min": min(totals),
+                         "max": max(totals), "lower_bound_mean": bound}}
     _emit(args, result, "\n".join([
         f"wrote {out / 'bitspike_engine.v'} ({len(text.splitlines())} lines) and "
         f"{out / 'engine_config.json'}",

@@ -478,3 +478,59 @@ def test_converts_to_verilog(cls, kwargs, name):
                  "o_stream__valid", "o_stream__ready", "o_stream__payload"):
         assert port in text
     assert " * " not in text   # no multiplier anywhere
+
+
+# ------------------------------------------------------------------ the per-lane step units
+
+
+def _settle(dut, inputs: dict, outputs: list[str]) -> dict:
+    """Drive a combinational unit's inputs and read its outputs (amaranth.sim)."""
+    from amaranth.sim import Simulator
+    seen = {}
+
+    async def bench(ctx):
+        for name, value in inputs.items():
+            ctx.set(getattr(dut, name), value)
+        await ctx.delay(1e-9)
+        seen.update({name: ctx.get(getattr(dut, name)) for name in outputs})
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    return seen
+
+
+@settings(max_examples=60, deadline=None)
+@given(u=st.integers(-128, 127), thr=st.integers(0, 255))
+def test_approximation_step(u, thr):
+    from bitspike.hw.neuron import ApproximationStep
+    got = _settle(ApproximationStep(u_bits=9, thr_bits=8), {"u": u, "thr": thr},
+                  ["fire", "u_next"])
+    assert got == {"fire": int(u >= thr), "u_next": u - thr if u >= thr else u}
+
+
+@settings(max_examples=80, deadline=None)
+@given(v=st.integers(-40, 40), keep=st.booleans(), add=st.integers(-30, 30),
+       bias=st.integers(-8, 7), theta=st.integers(1, 31), v0=st.integers(-8, 7),
+       first=st.booleans(), probe=st.booleans(), enable=st.booleans())
+def test_integrate_fire_step_equals_golden(v, keep, add, bias, theta, v0, first, probe, enable):
+    """One step against bitspike.sw.golden.integrate_and_fire's rule."""
+    from bitspike.hw.neuron import IntegrateFireStep
+    dut = IntegrateFireStep(v_bits=9, add_bits=7, bias_bits=4, threshold_bits=5, v_init_bits=4)
+    got = _settle(dut, {"v": v, "keep": keep, "add": add, "bias": bias, "threshold": theta,
+                        "v_init": v0, "first": first, "probe_over": probe, "enable": enable},
+                  ["potential", "spike", "v_next", "keep_next"])
+    keep_next = True if first else (v >= 0 if probe else keep)
+    potential = (v0 if first or probe else v) + add + bias
+    fired = potential >= theta
+    assert got == {"potential": potential, "spike": int(fired and keep_next and enable),
+                   "v_next": potential - theta if fired else potential,
+                   "keep_next": int(keep_next)}
+
+
+def test_step_units_refuse_bad_widths():
+    from bitspike.hw.neuron import ApproximationStep, IntegrateFireStep
+    with pytest.raises(ValueError, match="u_bits must be a positive integer, not 0"):
+        ApproximationStep(u_bits=0, thr_bits=3)
+    with pytest.raises(TypeError, match="v_init_bits must be a positive integer"):
+        IntegrateFireStep(v_bits=8, add_bits=4, bias_bits=4, threshold_bits=4, v_init_bits=2.0)
