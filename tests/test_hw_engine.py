@@ -458,3 +458,12 @@ def test_negative_potentials_fire_nothing_and_are_traced():
     (_, _, _, records), = run_engine(dut, [images[0]])
     assert all(v < 0 for r in records if r["kind"] == 0 and r["layer"] == 0
                for v in r["values"])
+
+
+def test_rate_all_zero_and_saturating_inputs_and_trace(rate_mlp):
+    """srp digits-mlp (trained): all-zero and saturating images, then every step's potentials
+    and spikes of one image against the golden model."""
+    images = torch.stack([torch.zeros(1, 8, 8, dtype=torch.int64),
+                          torch.full((1, 8, 8), 16, dtype=torch.int64)])
+    check(rate_mlp, images, 8)
+    _check_trace(rate_mlp, images[1:], 16)
