@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_golden.py
+	$(BIN)/python bench/bench_engine.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis out

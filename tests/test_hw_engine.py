@@ -171,6 +171,7 @@ def test_trained_digits_cnn_matches_golden(digits):
     program = convert_model(model, input_shape=(1, 8, 8), normalization=digits.normalization)
     got = check(program, digits.x_test[:1], 32)
     assert got[0][1] == int(digits.y_test[0])
+    _check_trace(program, digits.x_test[1:2], 32)  # every group's u0 and levels, pooled sums
 
 
 def test_refuses_a_pool_it_cannot_fuse():
