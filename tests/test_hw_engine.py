@@ -468,3 +468,13 @@ def test_rate_all_zero_and_saturating_inputs_and_trace(rate_mlp):
                           torch.full((1, 8, 8), 16, dtype=torch.int64)])
     check(rate_mlp, images, 8)
     _check_trace(rate_mlp, images[1:], 16)
+
+
+def test_rate_trace_under_back_pressure(rate_mlp, digits):
+    _check_trace(rate_mlp, digits.x_test[:1], 8, ready_prob=0.5, seed=11)
+
+
+def test_rate_verilog_has_no_multiplier(rate_mlp):
+    dut = Engine(config=EngineConfig.for_program(rate_mlp, lanes=4), program=rate_mlp)
+    text = verilog.convert(dut, name="bitspike_engine", emit_src=False)
+    assert "module bitspike_engine" in text and " * " not in text
