@@ -13,7 +13,7 @@ from bitspike.hw.engine import Engine
 
 def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
                reset_after: int | None = None, vcd: str | None = None,
-               max_cycles: int = 2_000_000):
+               max_cycles: int = 2_000_000, on_result=None):
     """Stream ``images`` (integer level tensors) through the engine.
 
     Returns one ``(logits, klass, cycles)`` per image, logits as a list of ``(index, value)``;
@@ -21,6 +21,7 @@ def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
     ``ready_prob < 1`` applies random back-pressure to both output streams. ``reset_after``
     asserts reset after that many cycles of the first image and then streams every image (the
     interrupted one again) from the start. ``vcd`` writes a waveform (tests: ``WAVES=1``).
+    ``on_result(n, result)`` is called as each image's result arrives (progress reports).
     """
     rng = random.Random(seed)
     traced = hasattr(dut, "o_trace")
@@ -63,6 +64,8 @@ def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
                 if rv and rr:
                     out.append((logits, int(rp.klass), int(rp.cycles))
                                + ((records,) if traced else ()))
+                    if on_result is not None:
+                        on_result(len(out) - 1, out[-1])
                     todo.pop(0)
                     break
                 if interrupt is not None and cycle == interrupt:

@@ -248,6 +248,15 @@ def cmd_rtl(args) -> int:
               "cost": config.cost(), "list_memory_bits": engine.list_memory_bits(),
               "cycles": {"images": len(totals), "mean": mean, "min": min(totals),
                          "max": max(totals), "lower_bound_mean": bound}}
+    lines = []
+    if args.simulate or args.vcd:
+        sim = _simulate_rtl(engine, program, data, args)
+        result["simulation"] = sim
+        lines.append(
+            f"RTL simulation (amaranth.sim, {sim['images']} test images"
+            f"{', waveform ' + sim['vcd'] if sim['vcd'] else ''}, {sim['seconds']:.1f} s): "
+            f"logits equal on {sim['logits_equal']}, classes equal on {sim['classes_equal']}, "
+            f"cycles equal to the cycle model on {sim['cycles_equal']}")
     _emit(args, result, "\n".join([
         f"wrote {out / 'bitspike_engine.v'} ({len(text.splitlines())} lines) and "
         f"{out / 'engine_config.json'}",
@@ -257,8 +266,43 @@ def cmd_rtl(args) -> int:
         "event lists " + ", ".join(f"{k} {v:,}" for k, v in engine.list_memory_bits().items()),
         f"cycles per inference over {len(totals)} test images (cycle model, exact for this "
         f"engine): mean {mean:.0f}, min {min(totals)}, max {max(totals)}; lower bound "
-        f"ceil(active synaptic ops / P) = {bound:.0f} ({mean / bound:.2f}x)"]))
+        f"ceil(active synaptic ops / P) = {bound:.0f} ({mean / bound:.2f}x)"] + lines))
+    sim = result.get("simulation")
+    if sim and not sim["logits_equal"] == sim["classes_equal"] == sim["cycles_equal"] == \
+            sim["images"]:
+        print("error: the RTL disagrees with the golden model or the cycle model (a bug: "
+              "please report it with this bundle)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _simulate_rtl(engine, program, data, args) -> dict:
+    """Run the first ``--simulate`` test images through the engine in amaranth.sim."""
+    import time
+
+    from ..sim.engine_sim import run_engine
+    from .cycles import engine_cycles
+    from .golden import run_program
+
+    count = max(args.simulate, 1)
+    x = data.x_test[:count]
+    golden = run_program(program, x)
+    start = time.perf_counter()
+
+    def progress(n, _result):
+        if not args.json:
+            print(f"simulated image {n + 1}/{count} ({time.perf_counter() - start:.1f} s)",
+                  file=sys.stderr, flush=True)
+
+    got = run_engine(engine, list(x), vcd=args.vcd, on_result=progress)
+    logits_ok = sum([v for _, v in logits] == golden.logits[i].tolist()
+                    for i, (logits, _, _) in enumerate(got))
+    classes_ok = sum(k == int(golden.classes[i]) for i, (_, k, _) in enumerate(got))
+    cycles_ok = sum(c == engine_cycles(program, golden, i, lanes=args.lanes).total
+                    for i, (_, _, c) in enumerate(got))
+    return {"images": len(got), "logits_equal": logits_ok, "classes_equal": classes_ok,
+            "cycles_equal": cycles_ok, "cycles": [c for _, _, c in got],
+            "seconds": time.perf_counter() - start, "vcd": args.vcd}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,15 +445,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("rtl", help="write the engine's Verilog for a Program bundle",
                         description="Size an EngineConfig that fits the Program with P lanes, "
                                     "write the engine as Verilog (no source annotations) and "
-                                    "print the config and the cycle estimate. The engine built "
-                                    "so far runs bit-serial Programs (dense, conv3x3, "
-                                    "sumpool2x2).")
+                                    "print the config and the cycle estimate. The engine runs "
+                                    "bit-serial and rate Programs (dense, conv3x3, 2x2 sum "
+                                    "pooling after a conv3x3). --simulate runs test images "
+                                    "through the RTL in amaranth.sim and checks them against "
+                                    "the golden model and the cycle model; --vcd writes the "
+                                    "waveform.")
     sp.add_argument("bundle", metavar="PROG_DIR", help="Program bundle folder")
     sp.add_argument("--lanes", type=int, default=8, metavar="P",
                     help="parallel output lanes (default: 8)")
     sp.add_argument("--out", default="build/rtl", help="output folder (default: build/rtl)")
     sp.add_argument("--images", type=int, default=360, metavar="N",
                     help="test images for the cycle estimate (default: 360)")
+    sp.add_argument("--simulate", type=int, default=0, metavar="N",
+                    help="also simulate the first N test images in amaranth.sim (default: 0; "
+                         "seconds per image)")
+    sp.add_argument("--vcd", default=None, metavar="FILE",
+                    help="write the simulation's waveform to FILE (simulates 1 image unless "
+                         "--simulate says more)")
     common(sp)
     sp.set_defaults(func=cmd_rtl)
 

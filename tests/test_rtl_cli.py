@@ -22,6 +22,24 @@ def test_rtl_writes_verilog_and_estimates_cycles(tmp_path, capsys):
     assert cycles["mean"] > cycles["lower_bound_mean"] > 0
 
 
+def test_rtl_simulates_test_images_with_a_waveform(tmp_path, capsys):
+    """--simulate runs images through the RTL and checks them; --vcd writes the waveform."""
+    ckpt, prog, out = tmp_path / "m.pt", tmp_path / "prog", tmp_path / "rtl"
+    assert main(["train", "--arch", "digits-mlp", "--epochs", "1", "--quiet", "--out",
+                 str(ckpt)]) == 0
+    assert main(["convert", str(ckpt), "--method", "srp", "--steps", "3", "--tau", "1",
+                 "--out", str(prog)]) == 0
+    capsys.readouterr()
+    vcd = tmp_path / "engine.vcd"
+    assert main(["rtl", str(prog), "--lanes", "16", "--out", str(out), "--images", "4",
+                 "--simulate", "2", "--vcd", str(vcd)]) == 0
+    text = capsys.readouterr()
+    assert "logits equal on 2, classes equal on 2, cycles equal to the cycle model on 2" in \
+        text.out
+    assert "simulated image 2/2" in text.err
+    assert vcd.stat().st_size > 0 and "$timescale" in vcd.read_text()[:2000]
+
+
 def test_rtl_runs_rate_programs_too(tmp_path, capsys, quick_checkpoint):
     prog = tmp_path / "prog"
     assert main(["convert", str(quick_checkpoint), "--method", "srp", "--steps", "2",
