@@ -131,15 +131,11 @@ class Engine(wiring.Component):
         self._tb = _bits(config.max_t - 1)
         longest = max(r["capacity"] for r in self._plan)
         self._cb = _bits(longest)  # one list holds at most `longest` events
-        # event address fields: a positional list (t, y, x) holds channels, a flat list (t) the
-        # flattened indices of a dense layer's input; each gets a k field just wide enough
-        positional = [r["c_in"] for r in self._plan if not r["in_flat"]] + [
-            r["capacity"] for r in self._plan if r["fires"] and not r["wr_flat"]]
-        flat = [r["n_in"] for r in self._plan if r["in_flat"]] + [
-            r["capacity"] for r in self._plan if r["fires"] and r["wr_flat"]]
-        self._kb_pos = _bits(max(positional, default=1) - 1)
-        self._kb_flat = _bits(max(flat, default=1) - 1)
-        self._ev_addr_bits = max(self._kb_pos + self._wb + self._hb, self._kb_flat) + self._tb
+        # event and length memories: the widest per-layer address (sw/cycles.layer_plan)
+        self._ev_addr_bits = max(max(1, r["in_kb"] + r["in_wb"] + r["in_hb"] + r["in_tb"])
+                                 for r in self._plan)
+        self._cnt_addr_bits = max(max(1, r["in_wb"] + r["in_hb"] + r["in_tb"])
+                                  for r in self._plan)
         # an event holds a channel (positional list) or a flattened index (flat list)
         self._idx_bits = _bits(max(
             [r["n_in"] if r["in_flat"] else r["c_in"] for r in self._plan]
@@ -174,7 +170,7 @@ class Engine(wiring.Component):
         """Bits of the engine's own activation memories (both ping-pong halves): the event
         lists, their lengths and the nonempty bitmaps (power-of-two address fields)."""
         events = 2 * self._idx_bits << self._ev_addr_bits
-        counts = 2 * (self._cb + 1) << (self._wb + self._hb + self._tb)
+        counts = 2 * (self._cb + 1) << self._cnt_addr_bits
         bitmap = 2 * (self._config.max_t << self._wb) << self._hb
         return {"event_lists": events, "list_lengths": counts, "nonempty_bitmaps": bitmap,
                 "total": events + counts + bitmap}
@@ -235,12 +231,16 @@ class Engine(wiring.Component):
         # ------------------------------------------------------------ event lists (ping-pong)
         # list (t, y, x): its events at Cat(k, x, y, t), its length in counts[Cat(x, y, t)]
         # (valid only while the list's bit is set in the nonempty bitmap: row y, bit Cat(x, t))
-        kb_pos, kb_flat = self._kb_pos, self._kb_flat
-        ev_addr_bits = self._ev_addr_bits
+        ev_addr_bits, cnt_addr_bits = self._ev_addr_bits, self._cnt_addr_bits
 
-        def event_address(k, t, y, x, flat):
-            return Mux(flat, Cat(k[:kb_flat], t), Cat(k[:kb_pos], x, y, t))
-        cnt_addr_bits = wb + hb + tb
+        def list_address(t, y, x, fields):
+            """((t << hb | y) << wb | x): the list's index, fields of the layer reading it."""
+            kb_, wb_, hb_ = fields
+            return ((((t << hb_) | y) << wb_) | x)[:cnt_addr_bits]
+
+        def event_address(k, t, y, x, fields):
+            kb_, wb_, hb_ = fields
+            return (((((t << hb_) | y) << wb_) | x) << kb_ | k)[:ev_addr_bits]
         row_bits = T << wb
         src = Signal()
         writing_src = Signal()  # the load and its clear fill the buffer the first layer reads
@@ -266,11 +266,17 @@ class Engine(wiring.Component):
         rd_rows = [Signal(hb, name=f"rd_row{i}") for i in range(3)]
         wr_t, wr_y, wr_x = Signal(tb), Signal(hb), Signal(wb)
         wr_append, wr_clear, wr_index = Signal(), Signal(), Signal(self._idx_bits)
-        wr_flat = Signal()  # the list written is a flat one (its k field is the wide one)
+        # address fields of the lists the walker reads (this layer's) and the writer writes
+        # (the next layer's; the first layer's during the load)
+        first_row = self._plan[0]
+        rd_fields = (desc.in_kb, desc.in_wb, desc.in_hb)
+        wr_fields = tuple(Mux(writing_src, first_row[f"in_{key}"], desc[f"out_{key}"])
+                          for key in ("kb", "wb", "hb"))
         for b in range(2):
             reader = (src == b) & ~writing_src
             m.d.comb += [
-                cnt_rd[b].addr.eq(Mux(reader, Cat(rd_x, rd_y, rd_t), Cat(wr_x, wr_y, wr_t))),
+                cnt_rd[b].addr.eq(Mux(reader, list_address(rd_t, rd_y, rd_x, rd_fields),
+                                      list_address(wr_t, wr_y, wr_x, wr_fields))),
                 map_rd[b][0].addr.eq(Mux(reader, rd_rows[0], wr_y)),
                 map_rd[b][1].addr.eq(rd_rows[1]), map_rd[b][2].addr.eq(rd_rows[2])]
         count_in = Signal(cb + 1)
@@ -290,17 +296,17 @@ class Engine(wiring.Component):
         for b in range(2):
             sel = wbuf == b
             m.d.comb += [
-                cnt_wr[b].addr.eq(Cat(wr_x, wr_y, wr_t)), cnt_wr[b].data.eq(count_out + 1),
+                cnt_wr[b].addr.eq(list_address(wr_t, wr_y, wr_x, wr_fields)),
+                cnt_wr[b].data.eq(count_out + 1),
                 cnt_wr[b].en.eq(wr_append & sel),
-                ev_wr[b].addr.eq(event_address(count_out, wr_t, wr_y, wr_x, wr_flat)),
+                ev_wr[b].addr.eq(event_address(count_out, wr_t, wr_y, wr_x, wr_fields)),
                 ev_wr[b].data.eq(wr_index), ev_wr[b].en.eq(wr_append & sel),
                 map_wr[b].addr.eq(wr_y),
                 map_wr[b].data.eq(Mux(wr_clear, 0, row_out | (Const(1, row_bits) << bit_at))),
                 map_wr[b].en.eq((wr_append | wr_clear) & sel)]
 
-        def append(t, y, x, index, flat):
-            return [wr_t.eq(t), wr_y.eq(y), wr_x.eq(x), wr_index.eq(index), wr_append.eq(1),
-                    wr_flat.eq(flat)]
+        def append(t, y, x, index):
+            return [wr_t.eq(t), wr_y.eq(y), wr_x.eq(x), wr_index.eq(index), wr_append.eq(1)]
 
         # ------------------------------------------------------------ walker (issue stage)
         meta_layout = data.StructLayout({
@@ -391,7 +397,7 @@ class Engine(wiring.Component):
             m.d.comb += tap_bases[i].eq(tap_bases[i - 1] + desc.c_in)
         for b in range(2):
             m.d.comb += ev_rd[b].addr.eq(event_address(kk, cur_t[:tb], iy[:hb], ix[:wb],
-                                                       desc.in_flat))
+                                                       rd_fields))
         ev_index = Signal(self._idx_bits)
         m.d.comb += ev_index.eq(Mux(src, ev_rd[1].data, ev_rd[0].data))
 
@@ -459,9 +465,9 @@ class Engine(wiring.Component):
                     m.d.comb += rest.eq(remaining & ~(Const(1, T) << hi))
                     plane = first["t_in"] - 1 - hi
                     if first["in_flat"]:
-                        m.d.comb += append(plane, 0, 0, pflat - 1, 1)
+                        m.d.comb += append(plane, 0, 0, pflat - 1)
                     else:
-                        m.d.comb += append(plane, lpy, lpx, lpc, 0)
+                        m.d.comb += append(plane, lpy, lpx, lpc)
                     m.d.sync += remaining.eq(rest)
                     with m.If((rest == 0) & load_done):
                         m.next = "LayerStart"
@@ -821,9 +827,9 @@ class Engine(wiring.Component):
                 offset = Signal.like(lane_off[0])
                 m.d.comb += offset.eq(Array(lane_off)[lane])
                 with m.If(desc.wr_flat):
-                    m.d.comb += append(wbase + plane, 0, 0, fm.flat + offset + fm.wpos, 1)
+                    m.d.comb += append(wbase + plane, 0, 0, fm.flat + offset + fm.wpos)
                 with m.Else():
-                    m.d.comb += append(wbase + plane, fm.wy, fm.wx, fm.chan + lane, 0)
+                    m.d.comb += append(wbase + plane, fm.wy, fm.wx, fm.chan + lane)
                 rest = Signal(TP)
                 m.d.comb += rest.eq(pending & ~(Const(1, TP) << lowest))
                 m.d.sync += pending.eq(rest)

@@ -117,6 +117,24 @@ def layer_plan(program: Program, lanes: int) -> list[dict]:
         w_base += groups * lay.fan_in
         b_base += groups
         i = nxt_i
+    # event-list address fields per layer: list (t, y, x) entry k of the lists a layer reads is
+    # at ((t << in_hb | y) << in_wb | x) << in_kb | k, each field just wide enough for that layer
+    # (flat lists: in_wb = in_hb = 0); out_* are the next layer's in_* (the lists it writes)
+    for n, row in enumerate(rows):
+        if n == 0:
+            in_cap = row["n_in"] if row["in_flat"] else row["c_in"]
+        else:
+            prev = rows[n - 1]
+            in_cap = prev["c_out"] * (prev["wr_hw"] if prev["wr_flat"] else 1) * (
+                4 if prev["rate"] and prev["pool"] else 1)
+        row["in_kb"] = (in_cap - 1).bit_length()
+        row["in_wb"] = 0 if row["in_flat"] else (row["w"] - 1).bit_length()
+        row["in_hb"] = 0 if row["in_flat"] else (row["h"] - 1).bit_length()
+        row["in_tb"] = (row["t_in"] - 1).bit_length()
+    for n, row in enumerate(rows):
+        nxt = rows[n + 1] if n + 1 < len(rows) else None
+        for key in ("kb", "wb", "hb", "tb"):
+            row[f"out_{key}"] = nxt[f"in_{key}"] if nxt is not None else 0
     return rows
 
 
