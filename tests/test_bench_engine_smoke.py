@@ -40,3 +40,13 @@ def test_bench_engine_compares_modes_on_one_engine(tmp_path):
     (row,) = comp["rows"]
     assert row["lanes"] == 32 and row["bitserial"] > 0 and row["qcfs"] > 0
     assert row["ratio"] == pytest.approx(row["qcfs"] / row["bitserial"])
+
+
+def test_engine_capacity_reports_memories_and_cycles():
+    import engine_capacity
+
+    result = engine_capacity.main(["--arch", "digits-cnn", "--lanes", "4,16"])
+    rows = result["rows"]
+    assert [r["lanes"] for r in rows] == [4, 16]
+    for r in rows:
+        assert r["cycles"] >= r["lower_bound"] > 0 and r["list_bits"] > 0 < r["weight_bits"]
