@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 
 import torch
-from amaranth.hdl import UnusedElaboratable
 
 
 def main(argv=None) -> dict:
@@ -22,8 +20,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--verilog", action="store_true",
                         help="also convert to Verilog at the largest P (a minute or more)")
     args = parser.parse_args(argv)
-    # engines built only to report their memories are never elaborated: no warning for that
-    warnings.simplefilter("ignore", UnusedElaboratable)
     from bitspike.hw.config import EngineConfig
     from bitspike.hw.engine import Engine
     from bitspike.sw.convert import convert_model
@@ -48,6 +44,7 @@ def main(argv=None) -> dict:
         config = EngineConfig.for_program(program, lanes=lanes)
         engine = Engine(config=config, program=program)
         lists = engine.list_memory_bits()
+        engine._MustUse__silence = True  # built to report its sizes; elaborated only for --verilog
         cost = config.cost()
         row = {"lanes": lanes, "cycles": report.total, "lower_bound": report.lower_bound,
                "ratio": report.total / report.lower_bound, "weight_bits": cost["weights"],
