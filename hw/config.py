@@ -55,7 +55,7 @@ __all__ = ["ENGINE_CONFIG_FORMAT", "ENGINE_CONFIG_VERSION", "DESCRIPTOR_WORDS", 
            "unpack_weights", "weight_rows"]
 
 ENGINE_CONFIG_FORMAT = "bitspike-engine-config"
-ENGINE_CONFIG_VERSION = 1
+ENGINE_CONFIG_VERSION = 2  # 2: the map, channel and event-list fields
 # the layer-descriptor memory: 16 words of 32 bits per layer (docs/memory-images.md, section 5)
 DESCRIPTOR_WORDS = 16
 DESCRIPTOR_BITS = 32
@@ -92,6 +92,29 @@ def weight_rows(program: Program, lanes: int) -> list[int]:
     _check_lanes(lanes)
     return [lay.fan_in * _groups(lay.out_channels, lanes) if lay.weights is not None else 0
             for lay in program.layers]
+
+
+def _steps_needed(program: Program) -> int:
+    """``max_t``: the longest list of planes or steps, and a rate Program's step count (its
+    output layer runs ``tau + t_steps`` steps even when no hidden layer carries them)."""
+    return max(program.requirements()["max_t"], program.rate_steps)
+
+
+def _shape_needs(program: Program, lanes: int) -> dict[str, int]:
+    """The map, channel and event-list fields of the smallest config for ``program``."""
+    from bitspike.sw.cycles import PlanError, layer_plan
+
+    maps = [tuple(s) if len(s) == 3 else (s[0], 1, 1)
+            for lay in program.layers for s in (lay.in_shape, lay.out_shape)]
+    try:
+        plan = layer_plan(program, lanes)
+    except PlanError:  # the engine refuses it anyway (EngineUnsupported); size the rest
+        plan = []
+    events = max((r["in_kb"] + r["in_wb"] + r["in_hb"] + r["in_tb"] for r in plan), default=0)
+    lists = max((r["in_wb"] + r["in_hb"] + r["in_tb"] for r in plan), default=0)
+    return {"max_channels": max(c for c, _, _ in maps), "max_height": max(h for _, h, _ in maps),
+            "max_width": max(w for _, _, w in maps), "event_depth": 1 << events,
+            "list_depth": 1 << lists}
 
 
 def _walk_order(layer) -> np.ndarray:
@@ -253,6 +276,18 @@ class EngineConfig:
         0 without the rate mode).
     layer_depth : int
         Layers the descriptor memory holds (16 words of 32 bits each), >= 1.
+    max_channels : int
+        The most channels of any layer's input or output map (a dense layer's vector counts as
+        channels), >= 1: sizes channel indices, groups and the logit index.
+    max_height, max_width : int
+        The largest map height and width, >= 1: size the position counters and the list
+        addresses.
+    event_depth : int
+        Entries of each half of the engine's event-list memory, a power of two; a layer's lists
+        take ``2^(kb + wb + hb + tb)`` entries (``bitspike.sw.cycles.layer_plan``).
+    list_depth : int
+        Lists (length words) of each half, a power of two; a layer's lists number
+        ``2^(wb + hb + tb)``.
     modes : tuple of str
         The neuron modes the build implements, a non-empty subset of ``("bitserial", "rate")``;
         stored in that order.
@@ -279,11 +314,17 @@ class EngineConfig:
     threshold_depth: int
     v_init_depth: int
     layer_depth: int
+    max_channels: int
+    max_height: int
+    max_width: int
+    event_depth: int
+    list_depth: int
     modes: tuple[str, ...] = ("bitserial",)
 
     _MINIMA = {"lanes": 1, "weight_bits": 2, "acc_bits": 1, "bias_bits": 1, "threshold_bits": 1,
                "v_init_bits": 0, "max_t": 1, "weight_depth": 1, "act_depth": 1, "bias_depth": 1,
-               "threshold_depth": 0, "v_init_depth": 0, "layer_depth": 1}
+               "threshold_depth": 0, "v_init_depth": 0, "layer_depth": 1, "max_channels": 1,
+               "max_height": 1, "max_width": 1, "event_depth": 1, "list_depth": 1}
 
     def __post_init__(self):
         for name, low in self._MINIMA.items():
@@ -294,6 +335,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, not {value!r}")
         if self.weight_bits > 32:
             raise ValueError(f"weight_bits must be 2..32, not {self.weight_bits!r}")
+        for name in ("event_depth", "list_depth"):
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise ValueError(f"{name} must be a power of two, not {value!r}")
         modes = self.modes
         if isinstance(modes, str) or not isinstance(modes, (tuple, list)):
             raise TypeError(f"modes must be a tuple of neuron modes such as ('bitserial',), not "
@@ -328,13 +373,14 @@ class EngineConfig:
         _check_program(program)
         _check_lanes(lanes)
         req = program.requirements()
+        shape = _shape_needs(program, lanes)
         return cls(lanes=lanes, weight_bits=req["weight_bits"], acc_bits=req["acc_bits"],
                    bias_bits=req["bias_bits"], threshold_bits=req["threshold_bits"],
-                   v_init_bits=req["v_init_bits"], max_t=req["max_t"],
+                   v_init_bits=req["v_init_bits"], max_t=_steps_needed(program),
                    weight_depth=max(1, sum(weight_rows(program, lanes))),
                    act_depth=req["max_neurons"], bias_depth=max(1, req["bias_words"]),
                    threshold_depth=req["threshold_words"], v_init_depth=req["v_init_words"],
-                   layer_depth=req["layers"], modes=(req["mode"],))
+                   layer_depth=req["layers"], **shape, modes=(req["mode"],))
 
     def misfits(self, program: Program) -> list[str]:
         """Every way ``program`` does not fit, one phrase each (empty if it fits)."""
@@ -366,9 +412,18 @@ class EngineConfig:
             if need > have:
                 out.append(f"{name}: needs {need}, the engine has {have} "
                            f"({_short(need - have, 'bits')})")
-        if req["max_t"] > self.max_t:
-            out.append(f"max_t: needs {req['max_t']} time steps, the engine has {self.max_t} "
-                       f"({_short(req['max_t'] - self.max_t, 'steps')})")
+        steps = _steps_needed(program)
+        if steps > self.max_t:
+            out.append(f"max_t: needs {steps} time steps, the engine has {self.max_t} "
+                       f"({_short(steps - self.max_t, 'steps')})")
+        shape = _shape_needs(program, self.lanes)
+        for name, what in (("max_channels", "channels"), ("max_height", "rows"),
+                           ("max_width", "columns"), ("event_depth", "event-list entries"),
+                           ("list_depth", "lists")):
+            need, have = shape[name], getattr(self, name)
+            if need > have:
+                out.append(f"{name}: needs {need:,} {what}, the engine has {have:,} "
+                           f"({_ratio(need, have, what.split()[-1])})")
         return out
 
     def check_fits(self, program: Program) -> None:
@@ -404,11 +459,15 @@ class EngineConfig:
     # ---------------------------------------------------------------------------------------
     # cost
 
-    @property
-    def act_bits(self) -> int:
-        """Bits per neuron in an activation buffer: ``max_t`` (its level's bit planes, or one
-        spike per rate step)."""
-        return self.max_t
+    def list_field_bits(self) -> dict[str, int]:
+        """Widths the engine derives from this config: positions, planes, events, counts."""
+        return {"row": max(1, (self.max_height - 1).bit_length()),
+                "column": max(1, (self.max_width - 1).bit_length()),
+                "plane": max(1, (self.max_t - 1).bit_length()),
+                "event": max(1, (max(self.act_depth, self.max_channels) - 1).bit_length()),
+                "event_address": max(1, (self.event_depth - 1).bit_length()),
+                "list_address": max(1, (self.list_depth - 1).bit_length()),
+                "count": self.event_depth.bit_length() + 1}
 
     def cost(self) -> dict[str, int]:
         """What each parameter costs, in bits.
@@ -421,23 +480,30 @@ class EngineConfig:
             ``depth * bits`` of each parameter memory.
         ``layers``
             the descriptor memory, ``layer_depth * 16 * 32``.
-        ``activations``
-            the two ping-pong buffers, ``2 * act_depth * act_bits`` (``act_bits = max_t``).
-            This is the level storage; event lists or per-step pooled counts that an engine
-            keeps beside it are the engine's own.
+        ``event_lists``
+            both ping-pong halves: ``2 * event_depth`` entries of a channel or flattened index
+            (``ceil(log2(max(act_depth, max_channels)))`` bits).
+        ``list_lengths``
+            both halves: ``2 * list_depth`` lengths of ``log2(event_depth) + 2`` bits.
+        ``nonempty_bitmaps``
+            both halves: one row per map row (``2^ceil(log2 max_height)``), ``max_t`` planes of
+            ``2^ceil(log2 max_width)`` bits each.
         ``memory_bits``
-            the sum of the six above.
+            the sum of the memories above.
         ``accumulators``
             register bits of the lanes' accumulators, ``lanes * acc_bits``.
         ``register_bits``
             the registers counted here (the accumulators); the sequencer is not counted.
         """
+        f = self.list_field_bits()
         mem = {"weights": self.weight_depth * self.lanes * self.weight_bits,
                "bias": self.bias_depth * self.bias_bits,
                "threshold": self.threshold_depth * self.threshold_bits,
                "v_init": self.v_init_depth * self.v_init_bits,
                "layers": self.layer_depth * DESCRIPTOR_WORDS * DESCRIPTOR_BITS,
-               "activations": 2 * self.act_depth * self.act_bits}
+               "event_lists": 2 * self.event_depth * f["event"],
+               "list_lengths": 2 * self.list_depth * f["count"],
+               "nonempty_bitmaps": 2 * (1 << f["row"]) * (self.max_t << f["column"])}
         acc = self.lanes * self.acc_bits
         return {**mem, "memory_bits": sum(mem.values()), "accumulators": acc,
                 "register_bits": acc}

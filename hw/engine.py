@@ -18,6 +18,8 @@ The memories are initialised from the Program; the logic depends on the
 """
 
 # No ``from __future__ import annotations``: wiring.Component reads real annotations.
+from contextlib import nullcontext
+
 import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -27,7 +29,7 @@ from amaranth.lib.wiring import In, Out
 from ..sw.cycles import KIND_CONV, TAPS, PlanError, layer_plan
 from ..sw.errors import BitspikeError
 from ..sw.program import Program
-from .config import EngineConfig, pack_weights
+from .config import EngineConfig, EngineFitError, pack_weights
 from .lanes import AccumulateLanes, LaneCommand
 from .neuron import ApproximationStep, IntegrateFireStep
 
@@ -124,33 +126,34 @@ class Engine(wiring.Component):
             self._MustUse__silence = True  # refused before it could be used: no warning
             raise
         self._config, self._program, self._lanes = config, program, config.lanes
-        maps = [_map(lay.in_shape) for lay in program.layers] + [
-            _map(lay.out_shape) for lay in program.layers]
-        self._hb = _bits(max(h for _, h, _ in maps) - 1)
-        self._wb = _bits(max(w for _, _, w in maps) - 1)
-        self._tb = _bits(config.max_t - 1)
-        longest = max(r["capacity"] for r in self._plan)
-        self._cb = _bits(longest)  # one list holds at most `longest` events
-        # event and length memories: the widest per-layer address (sw/cycles.layer_plan)
-        self._ev_addr_bits = max(max(1, r["in_kb"] + r["in_wb"] + r["in_hb"] + r["in_tb"])
-                                 for r in self._plan)
-        self._cnt_addr_bits = max(max(1, r["in_wb"] + r["in_hb"] + r["in_tb"])
-                                  for r in self._plan)
-        # an event holds a channel (positional list) or a flattened index (flat list)
-        self._idx_bits = _bits(max(
-            [r["n_in"] if r["in_flat"] else r["c_in"] for r in self._plan]
-            + [r["c_out"] * (r["wr_hw"] if r["wr_flat"] else 1) for r in self._plan]) - 1)
+        # every width comes from the config: another Program that fits the same config gives
+        # the same logic, only the memories' contents differ (tests/test_hw_engine.py)
+        f = config.list_field_bits()
+        self._hb, self._wb, self._tb = f["row"], f["column"], f["plane"]
+        self._cb = config.event_depth.bit_length()  # a list holds at most event_depth events
+        self._ev_addr_bits, self._cnt_addr_bits = f["event_address"], f["list_address"]
+        self._idx_bits = f["event"]  # a channel, or a flattened index (< act_depth)
+        self._groups = -(-config.max_channels // config.lanes)
+        self._field_max = self._table_maxima()
+        for row in self._plan:  # the table ROM's fields are sized from the config
+            for key, value in row.items():
+                if value > self._field_max[key]:
+                    self._MustUse__silence = True
+                    raise EngineFitError(f"layer {row['index']}: {key} = {value} exceeds the "
+                                         f"engine's {self._field_max[key]} (raise the config "
+                                         "field it derives from)")
         self._logit_layout = data.StructLayout({
-            "index": unsigned(_bits(program.classes)), "value": signed(config.acc_bits + 2)})
+            "index": unsigned(_bits(config.max_channels)),
+            "value": signed(config.acc_bits + 2)})
         self._result_layout = data.StructLayout({
-            "klass": unsigned(_bits(program.classes - 1)), "cycles": unsigned(32)})
+            "klass": unsigned(_bits(config.max_channels - 1)), "cycles": unsigned(32)})
         self._trace = bool(trace)
         self._trace_layout = data.StructLayout({
             "kind": unsigned(1),  # 0: potentials (or logits), 1: emitted levels or spikes
-            "layer": unsigned(_bits(len(program.layers))),
+            "layer": unsigned(_bits(config.layer_depth)),
             "oy": unsigned(self._hb + 1), "ox": unsigned(self._wb + 1),
-            "group": unsigned(_bits(max(r["groups"] for r in self._plan))),
-            "step": unsigned(_bits(max(1, program.rate_steps))),
+            "group": unsigned(_bits(self._groups)),
+            "step": unsigned(_bits(config.max_t)),
             "cycles": unsigned(32),
             "values": data.ArrayLayout(signed(config.acc_bits + 2), config.lanes)})
         ports = {
@@ -168,12 +171,32 @@ class Engine(wiring.Component):
 
     def list_memory_bits(self) -> dict[str, int]:
         """Bits of the engine's own activation memories (both ping-pong halves): the event
-        lists, their lengths and the nonempty bitmaps (power-of-two address fields)."""
-        events = 2 * self._idx_bits << self._ev_addr_bits
-        counts = 2 * (self._cb + 1) << self._cnt_addr_bits
-        bitmap = 2 * (self._config.max_t << self._wb) << self._hb
-        return {"event_lists": events, "list_lengths": counts, "nonempty_bitmaps": bitmap,
-                "total": events + counts + bitmap}
+        lists, their lengths and the nonempty bitmaps (:meth:`EngineConfig.cost`)."""
+        cost = self._config.cost()
+        keys = ("event_lists", "list_lengths", "nonempty_bitmaps")
+        return {**{k: cost[k] for k in keys}, "total": sum(cost[k] for k in keys)}
+
+    def _table_maxima(self) -> dict[str, int]:
+        """The largest value each layer-table field can take on this config."""
+        cfg, T = self._config, self._config.max_t
+        mc, mh, mw = cfg.max_channels, cfg.max_height, cfg.max_width
+        f = cfg.list_field_bits()
+        flags = ("in_flat", "fires", "last", "pool", "wr_flat", "rate", "analog", "per_step",
+                 "kind")
+        maxima = {**dict.fromkeys(flags, 1),
+                  "index": cfg.layer_depth, "c_in": mc, "c_out": mc, "h": mh, "oh": mh,
+                  "win_h": mh, "clear_rows": mh, "w": mw, "ow": mw, "win_w": mw,
+                  "n_in": cfg.act_depth, "groups": self._groups,
+                  "rows": max(cfg.act_depth, TAPS * mc), "w_base": cfg.weight_depth,
+                  "b_base": cfg.bias_depth, "t_in": T, "t_out": T, "wr_t": T, "steps": T,
+                  "tau": T, "levels": (1 << T) - 1, "quads": 4, "wr_hw": mh * mw,
+                  "capacity": cfg.event_depth,
+                  "in_kb": f["event_address"], "out_kb": f["event_address"],
+                  "in_wb": self._wb, "out_wb": self._wb, "in_hb": self._hb, "out_hb": self._hb,
+                  "in_tb": self._tb, "out_tb": self._tb}
+        missing = set(self._plan[0]) - set(maxima)
+        assert not missing, f"layer-table fields without a maximum: {missing}"
+        return maxima
 
     @property
     def plan(self) -> list[dict]:
@@ -188,13 +211,13 @@ class Engine(wiring.Component):
         plan = self._plan
         NL = T * TAPS  # walker slots: (plane, tap), plane-major
         VB = AB + 2  # potentials: acc + B, and rate's v + acc + B
-        rate = prog.mode == "rate"
+        has_rate = "rate" in cfg.modes
 
         # ------------------------------------------------------------ layer table (ROM)
-        layout = data.StructLayout({key: unsigned(_bits(max(r[key] for r in plan)))
+        layout = data.StructLayout({key: unsigned(_bits(self._field_max[key]))
                                     for key in plan[0]})
-        m.submodules.layers = rom = Memory(shape=layout, depth=len(plan), init=plan)
-        layer = Signal(range(max(2, len(plan))))
+        m.submodules.layers = rom = Memory(shape=layout, depth=cfg.layer_depth, init=plan)
+        layer = Signal(range(max(2, cfg.layer_depth)))
         desc_port = rom.read_port(domain="comb")
         m.d.comb += desc_port.addr.eq(layer)
         desc = desc_port.data
@@ -208,7 +231,8 @@ class Engine(wiring.Component):
 
         def channel_memory(name, arrays, bits):
             rows = _pack_channel_rows(arrays, P, bits)
-            mem = Memory(shape=unsigned(P * bits), depth=max(1, len(rows)), init=rows)
+            # one row per group of P channels: at most bias_depth rows
+            mem = Memory(shape=unsigned(P * bits), depth=cfg.bias_depth, init=rows)
             m.submodules[name] = mem
             port = mem.read_port(domain="comb")
             return port, data.View(data.ArrayLayout(
@@ -222,7 +246,8 @@ class Engine(wiring.Component):
             "threshold", [or_zeros(lay.threshold, lay) for lay in weighted],
             cfg.threshold_bits)
         param_ports = [b_rd, d_rd]
-        if rate:
+        v_inits = None
+        if has_rate:
             v_rd, v_inits = channel_memory(
                 "v_init", [or_zeros(lay.v_init, lay) for lay in weighted],
                 max(1, cfg.v_init_bits))
@@ -268,9 +293,9 @@ class Engine(wiring.Component):
         wr_append, wr_clear, wr_index = Signal(), Signal(), Signal(self._idx_bits)
         # address fields of the lists the walker reads (this layer's) and the writer writes
         # (the next layer's; the first layer's during the load)
-        first_row = self._plan[0]
+        # (the load runs with layer 0's descriptor: it writes layer 0's input lists)
         rd_fields = (desc.in_kb, desc.in_wb, desc.in_hb)
-        wr_fields = tuple(Mux(writing_src, first_row[f"in_{key}"], desc[f"out_{key}"])
+        wr_fields = tuple(Mux(writing_src, desc[f"in_{key}"], desc[f"out_{key}"])
                           for key in ("kb", "wb", "hb"))
         for b in range(2):
             reader = (src == b) & ~writing_src
@@ -311,18 +336,18 @@ class Engine(wiring.Component):
         # ------------------------------------------------------------ walker (issue stage)
         meta_layout = data.StructLayout({
             "grp_row": unsigned(_bits(max(1, cfg.weight_depth)) + 1),
-            "brow": unsigned(_bits(max(1, sum(r["groups"] for r in plan))) + 1),
-            "group": unsigned(_bits(max(r["groups"] for r in plan))),
-            "chan": unsigned(_bits(max(r["c_out"] for r in plan) + P)),
-            "flat": unsigned(_bits(max(r["c_out"] * r["wr_hw"] for r in plan) + P)),
-            "wpos": unsigned(_bits(max(r["wr_hw"] for r in plan))),
+            "brow": unsigned(_bits(cfg.bias_depth) + 1),
+            "group": unsigned(_bits(self._groups)),
+            "chan": unsigned(_bits(cfg.max_channels + P)),
+            "flat": unsigned(_bits((cfg.max_channels + P) * cfg.max_height * cfg.max_width)),
+            "wpos": unsigned(_bits(cfg.max_height * cfg.max_width)),
             "oy": unsigned(hb + 1), "ox": unsigned(wb + 1), "wy": unsigned(hb + 1),
             "wx": unsigned(wb + 1), "q": unsigned(2),
-            "t": unsigned(_bits(max(1, prog.rate_steps))),
+            "t": unsigned(_bits(T)),
             "pend": unsigned(_bits(T))})
         op_layout = data.StructLayout({
             "valid": unsigned(1), "cmd": LaneCommand, "shift": unsigned(_bits(T)),
-            "last": unsigned(1), "tap_base": unsigned(_bits(max(r["rows"] for r in plan)) + 1),
+            "last": unsigned(1), "tap_base": unsigned(_bits(self._field_max["rows"]) + 1),
             "meta": meta_layout})
         op0, op1, op2 = (Signal(op_layout, name=n) for n in ("op0", "op1", "op2"))
         m.d.sync += [op1.eq(op0), op2.eq(op1)]
@@ -431,23 +456,20 @@ class Engine(wiring.Component):
         have_best = Signal()
 
         # ------------------------------------------------------------ sequencer
-        pc, py, px = Signal(_bits(max(r["c_in"] for r in plan)) + 1), Signal(hb + 1), \
-            Signal(wb + 1)
+        pc, py, px = Signal(_bits(cfg.max_channels) + 1), Signal(hb + 1), Signal(wb + 1)
         pflat = Signal(range(cfg.act_depth + 2))  # pixels accepted
         lpc, lpy, lpx = Signal.like(pc), Signal.like(py), Signal.like(px)  # the latched pixel
         remaining = Signal(T)
         load_done, last_pixel = Signal(), Signal()
-        first = plan[0]
-        m.d.comb += [load_done.eq(pflat == first["n_in"]),
-                     last_pixel.eq(pflat + 1 == first["n_in"])]
+        # the load and its clear run while `layer` is 0: desc is the first layer's row
+        m.d.comb += [load_done.eq(pflat == desc.n_in), last_pixel.eq(pflat + 1 == desc.n_in)]
         clear_row = Signal(hb + 1)
         fire_idle = Signal()
 
         with m.FSM(name="engine"):
             with m.State("ClearInput"):  # the first layer's input rows: nothing listed yet
                 m.d.comb += [writing_src.eq(1), wr_y.eq(clear_row), wr_clear.eq(1)]
-                rows = 1 if first["in_flat"] else first["h"]
-                with m.If(clear_row + 1 >= rows):
+                with m.If(clear_row + 1 >= Mux(desc.in_flat, 1, desc.h)):
                     m.d.sync += clear_row.eq(0)
                     m.next = "Load"
                 with m.Else():
@@ -463,10 +485,10 @@ class Engine(wiring.Component):
                             m.d.comb += hi.eq(b)
                     rest = Signal(T)
                     m.d.comb += rest.eq(remaining & ~(Const(1, T) << hi))
-                    plane = first["t_in"] - 1 - hi
-                    if first["in_flat"]:
+                    plane = desc.t_in - 1 - hi
+                    with m.If(desc.in_flat):
                         m.d.comb += append(plane, 0, 0, pflat - 1)
-                    else:
+                    with m.Else():
                         m.d.comb += append(plane, lpy, lpx, lpc)
                     m.d.sync += remaining.eq(rest)
                     with m.If((rest == 0) & load_done):
@@ -479,9 +501,9 @@ class Engine(wiring.Component):
                         m.d.comb += accept.eq(1)
                         m.d.sync += [remaining.eq(self.i_stream.payload), started.eq(1),
                                      lpc.eq(pc), lpy.eq(py), lpx.eq(px), pflat.eq(pflat + 1)]
-                        with m.If(px + 1 == first["w"]):
+                        with m.If(px + 1 == desc.w):
                             m.d.sync += px.eq(0)
-                            with m.If(py + 1 == first["h"]):
+                            with m.If(py + 1 == desc.h):
                                 m.d.sync += [py.eq(0), pc.eq(pc + 1)]
                             with m.Else():
                                 m.d.sync += py.eq(py + 1)
@@ -551,7 +573,7 @@ class Engine(wiring.Component):
                     m.next = "ClearInput"
 
         self._firing_stage(m, desc, layer, done, done_meta, done_valid, take, fire_idle,
-                           bias, thresholds, v_inits if rate else None, param_ports, append,
+                           bias, thresholds, v_inits, param_ports, append,
                            lane_off, cycles, best, best_idx, have_best)
         return m
 
@@ -589,7 +611,12 @@ class Engine(wiring.Component):
         cfg, P, T = self._config, self._lanes, self._config.max_t
         AB = cfg.acc_bits
         VB = AB + 2
-        rate = v_inits is not None
+        has_rate, has_bs = v_inits is not None, "bitserial" in cfg.modes
+
+        def mode(cond, other_mode_built):
+            """``m.If(cond)`` when both modes are built (chosen per layer), else nothing."""
+            return m.If(cond) if other_mode_built else nullcontext()
+
         fm = Signal.like(done_meta)  # the segment being fired
         for port in param_ports:  # parameters of the group taken now, or being fired
             m.d.comb += port.addr.eq(Mux(fire_idle, done_meta.brow, fm.brow))
@@ -602,7 +629,7 @@ class Engine(wiring.Component):
         cur = [Signal(signed(AB + T), name=f"cur{p}") for p in range(P)]
         rec = [Signal(signed(VB), name=f"rec{p}") for p in range(P)]  # rate: traced potential
         step = Signal(range(T + 2))
-        rstep = Signal(range(max(2, self._program.rate_steps + 1)))
+        rstep = Signal(range(T + 2))
         TP = T * P
         pending = Signal(TP)
         wbase = Signal(self._tb + 1)
@@ -615,7 +642,7 @@ class Engine(wiring.Component):
             m.d.comb += taken[p].eq(done[p] << done_meta.pend)
 
         # one rate IF step per lane: input x (the step's sum, or the first layer's current)
-        if rate:
+        if has_rate:
             in_idle = fire_idle
             ts = Signal.like(rstep)
             m.d.comb += ts.eq(Mux(in_idle, done_meta.t, rstep))
@@ -659,7 +686,7 @@ class Engine(wiring.Component):
                     self.o_trace.p.step.eq(t), self.o_trace.p.cycles.eq(cycles),
                     *[self.o_trace.p.values[p].eq(val) for p, val in enumerate(values)]]
 
-        if not rate:  # one successive-approximation step per lane and cycle
+        if has_bs:  # one successive-approximation step per lane and cycle
             approximate = []
             for p in range(P):
                 unit = ApproximationStep(u_bits=VB + T, thr_bits=cfg.threshold_bits + T)
@@ -676,37 +703,39 @@ class Engine(wiring.Component):
                 with m.If(done_valid):
                     m.d.comb += take.eq(1)
                     m.d.sync += [fm.eq(done_meta), emit.eq(0)]
-                    if not rate:
-                        with m.If(desc.fires):
-                            shift = Signal(range(T + 1))
-                            m.d.comb += shift.eq(desc.t_out - 1)
-                            for p in range(P):
-                                m.d.sync += [u[p].eq(taken[p] + bias[p]),
-                                             thr[p].eq(thresholds[p] << shift),
-                                             level[p].eq(0)]
-                            m.d.sync += step.eq(0)
-                            m.next = "TraceU" if trace else "Approximate"
-                        with m.Else():
-                            m.d.sync += [v[p].eq(taken[p] + bias[p]) for p in range(P)]
-                            m.next = "TraceU" if trace else "Emit"
-                    else:
-                        with m.If(desc.analog):
-                            m.d.sync += [*[cur[p].eq(taken[p]) for p in range(P)],
-                                         rstep.eq(0)]
-                            m.next = "RateStep"
-                        with m.Elif(desc.fires):
-                            m.d.sync += rate_step()
-                            if trace:
-                                m.next = "TraceRU"
-                            else:
-                                with m.If(spikes != 0):
-                                    m.next = "Write"
-                        with m.Else():
-                            m.d.sync += [v[p].eq(if_sum[p]) for p in range(P)]
-                            with m.If(done_meta.t + 1 == desc.steps):
+                    if has_bs:
+                        with mode(~desc.rate, has_rate):
+                            with m.If(desc.fires):
+                                shift = Signal(range(T + 1))
+                                m.d.comb += shift.eq(desc.t_out - 1)
+                                for p in range(P):
+                                    m.d.sync += [u[p].eq(taken[p] + bias[p]),
+                                                 thr[p].eq(thresholds[p] << shift),
+                                                 level[p].eq(0)]
+                                m.d.sync += step.eq(0)
+                                m.next = "TraceU" if trace else "Approximate"
+                            with m.Else():
+                                m.d.sync += [v[p].eq(taken[p] + bias[p]) for p in range(P)]
                                 m.next = "TraceU" if trace else "Emit"
+                    if has_rate:
+                        with mode(desc.rate, has_bs):
+                            with m.If(desc.analog):
+                                m.d.sync += [*[cur[p].eq(taken[p]) for p in range(P)],
+                                             rstep.eq(0)]
+                                m.next = "RateStep"
+                            with m.Elif(desc.fires):
+                                m.d.sync += rate_step()
+                                if trace:
+                                    m.next = "TraceRU"
+                                else:
+                                    with m.If(spikes != 0):
+                                        m.next = "Write"
+                            with m.Else():
+                                m.d.sync += [v[p].eq(if_sum[p]) for p in range(P)]
+                                with m.If(done_meta.t + 1 == desc.steps):
+                                    m.next = "TraceU" if trace else "Emit"
 
-            if rate:
+            if has_rate:
                 with m.State("RateStep"):  # the first layer: S steps on one current
                     m.d.sync += rstep.eq(rstep + 1)
                     with m.If(desc.fires):
@@ -725,14 +754,14 @@ class Engine(wiring.Component):
 
             if trace:
                 with m.State("TraceU"):  # u0 = acc + B before firing, or the logits
-                    m.d.comb += record(0, u if not rate else v, desc.index, fm.oy, fm.ox)
-                    if not rate:
-                        m.d.comb += [self.o_trace.p.values[p].eq(Mux(desc.fires, u[p], v[p]))
-                                     for p in range(P)]
+                    sa_next = desc.fires & ~desc.rate  # bit-serial firing: u0, then SA
+                    m.d.comb += record(0, [Mux(sa_next, u[p], v[p]) for p in range(P)],
+                                       desc.index, fm.oy, fm.ox)
                     with m.If(self.o_trace.ready):
-                        m.next = "Approximate" if not rate else "Emit"
-                        with m.If(~desc.fires):
-                            m.next = "Emit"
+                        m.next = "Emit"
+                        if has_bs:
+                            with m.If(sa_next):
+                                m.next = "Approximate"
 
                 with m.State("TraceL"):  # the levels after the clip
                     m.d.comb += record(1, level, desc.index, fm.oy, fm.ox)
@@ -752,7 +781,7 @@ class Engine(wiring.Component):
                         with m.Else():
                             m.next = "Idle"
 
-                if rate:
+                if has_rate:
                     with m.State("TraceRU"):  # the potential after the step's integration
                         m.d.comb += record(0, rec, desc.index, fm.oy, fm.ox, wbase)
                         with m.If(self.o_trace.ready):
@@ -769,7 +798,7 @@ class Engine(wiring.Component):
                             with m.Else():
                                 m.next = "Idle"
 
-            if not rate:
+            if has_bs:
                 with m.State("Approximate"):  # u >= D << (T - t): emit 1 and subtract
                     for p in range(P):
                         m.d.comb += [approximate[p].u.eq(u[p]), approximate[p].thr.eq(thr[p])]
@@ -835,7 +864,7 @@ class Engine(wiring.Component):
                 m.d.sync += pending.eq(rest)
                 with m.If(rest == 0):
                     m.next = "Idle"
-                    if rate:
+                    if has_rate:
                         with m.If(more_steps):
                             m.next = "RateStep"
 

@@ -99,8 +99,14 @@ def test_for_program_is_the_smallest(programs, name):
              "layer_depth": "layers"}
     if program.mode == "rate":
         names |= {"v_init_bits": "v_init_bits", "v_init_depth": "v_init"}
+    names |= {"max_channels": "max_channels", "max_height": "max_height",
+              "max_width": "max_width", "event_depth": "event_depth", "list_depth": "list_depth"}
     for field, label in names.items():
-        smaller = dataclasses.replace(cfg, **{field: getattr(cfg, field) - 1})
+        value = getattr(cfg, field)
+        less = value // 2 if field in ("event_depth", "list_depth") else value - 1  # powers of 2
+        if less < EngineConfig._MINIMA[field]:
+            continue  # nothing smaller exists (e.g. a width-1 map)
+        smaller = dataclasses.replace(cfg, **{field: less})
         problems = smaller.misfits(program)
         assert len(problems) == 1 and problems[0].startswith(f"{label}: "), (field, problems)
         with pytest.raises(EngineFitError, match=f"{label}: needs"):
@@ -111,7 +117,8 @@ def test_a_bigger_engine_fits(programs):
     program = programs["digits-cnn"]
     cfg = EngineConfig.for_program(program, lanes=8)
     big = dataclasses.replace(cfg, weight_bits=16, acc_bits=32, weight_depth=4096, act_depth=4096,
-                              modes=("bitserial", "rate"), v_init_bits=16, v_init_depth=128)
+                              modes=("bitserial", "rate"), v_init_bits=16, v_init_depth=128,
+                              event_depth=4 * cfg.event_depth, list_depth=2 * cfg.list_depth)
     big.check_fits(program)
     big.check_fits(programs["rate-qcfs"])
 
@@ -185,9 +192,16 @@ def test_cost_of_digits_cnn_at_8_lanes(programs):
     program = programs["digits-cnn"]
     req = program.requirements()
     cost = EngineConfig.for_program(program, lanes=8).cost()
+    cfg = EngineConfig.for_program(program, lanes=8)
+    # lists: conv2's input, 16 channels x 8 x 8 positions x 4 planes = 2^12 entries of an index
+    # below max(act_depth, channels) = 2048 (11 bits); conv1's input has the most lists,
+    # 8 x 8 positions x 5 pixel planes = 2^(3 + 3 + 3), with 14-bit lengths; bitmaps: 8 rows
+    # of 6 planes x 8 columns
+    assert (cfg.event_depth, cfg.list_depth, cfg.max_channels) == (4096, 512, 32)
     expected = {"weights": 2002 * 8 * 8, "bias": 90 * req["bias_bits"],
                 "threshold": 80 * req["threshold_bits"], "v_init": 0, "layers": 6 * 16 * 32,
-                "activations": 2 * 2048 * 6}
+                "event_lists": 2 * 4096 * 11, "list_lengths": 2 * 512 * 14,
+                "nonempty_bitmaps": 2 * 8 * 6 * 8}
     assert {k: cost[k] for k in expected} == expected
     assert cost["memory_bits"] == sum(expected.values())
     assert cost["accumulators"] == cost["register_bits"] == 8 * req["acc_bits"]
@@ -292,7 +306,7 @@ def test_json_round_trip(programs, name):
     text = cfg.to_json()
     data = json.loads(text)
     assert data["format"] == "bitspike-engine-config"
-    assert data["format_version"] == ENGINE_CONFIG_VERSION == 1
+    assert data["format_version"] == ENGINE_CONFIG_VERSION == 2
     assert data["modes"] == [programs[name].mode]
     assert EngineConfig.from_json(text) == cfg
     both = dataclasses.replace(cfg, modes=["rate", "bitserial"], v_init_bits=max(
@@ -302,7 +316,7 @@ def test_json_round_trip(programs, name):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(format_version=2), "format_version 2 is not supported"),
+    (lambda d: d.update(format_version=1), "format_version 1 is not supported"),
     (lambda d: d.update(format="bitspike-image-bundle"), "format 'bitspike-image-bundle'"),
     (lambda d: d.pop("acc_bits"), "missing key(s) acc_bits"),
     (lambda d: d.update(lanez=8), "unknown key(s) lanez"),
@@ -333,7 +347,8 @@ def test_from_json_refuses_non_json():
 
 GOOD = dict(lanes=8, weight_bits=8, acc_bits=21, bias_bits=14, threshold_bits=9, v_init_bits=0,
             max_t=6, weight_depth=2002, act_depth=2048, bias_depth=90, threshold_depth=80,
-            v_init_depth=0, layer_depth=6, modes=("bitserial",))
+            v_init_depth=0, layer_depth=6, max_channels=32, max_height=8, max_width=8,
+            event_depth=4096, list_depth=256, modes=("bitserial",))
 
 
 @pytest.mark.parametrize("change, error, message", [
@@ -346,6 +361,9 @@ GOOD = dict(lanes=8, weight_bits=8, acc_bits=21, bias_bits=14, threshold_bits=9,
     ({"weight_depth": 0}, ValueError, "weight_depth must be an integer >= 1, not 0"),
     ({"threshold_depth": -1}, ValueError, "threshold_depth must be an integer >= 0, not -1"),
     ({"modes": ()}, ValueError, "modes must name each supported neuron mode once"),
+    ({"max_width": 0}, ValueError, "max_width must be an integer >= 1, not 0"),
+    ({"event_depth": 3000}, ValueError, "event_depth must be a power of two, not 3000"),
+    ({"list_depth": 6}, ValueError, "list_depth must be a power of two, not 6"),
     ({"modes": ("rate", "rate"), "v_init_bits": 4}, ValueError, "name each supported"),
     ({"modes": "rate"}, TypeError, "modes must be a tuple of neuron modes"),
     ({"modes": ("spiking",)}, ValueError, "unknown neuron mode(s) ['spiking']"),

@@ -23,8 +23,9 @@ from bitspike.sw.program import InputSpec, Layer, Program
 WAVES = os.environ.get("WAVES") == "1"
 
 
-def check(program: Program, images: torch.Tensor, lanes: int, **kw) -> list:
-    dut = Engine(config=EngineConfig.for_program(program, lanes=lanes), program=program)
+def check(program: Program, images: torch.Tensor, lanes: int, config=None, **kw) -> list:
+    config = config or EngineConfig.for_program(program, lanes=lanes)
+    dut = Engine(config=config, program=program)
     got = run_engine(dut, list(images), vcd=f"engine_P{lanes}.vcd" if WAVES else None, **kw)
     golden = run_program(program, images)
     assert len(got) == len(images)
@@ -478,3 +479,67 @@ def test_rate_verilog_has_no_multiplier(rate_mlp):
     dut = Engine(config=EngineConfig.for_program(rate_mlp, lanes=4), program=rate_mlp)
     text = verilog.convert(dut, name="bitspike_engine", emit_src=False)
     assert "module bitspike_engine" in text and " * " not in text
+
+
+
+# ------------------------------------------------------------------ one engine, many Programs
+
+
+def _shared_config(programs, lanes: int) -> EngineConfig:
+    """The smallest config every one of ``programs`` fits (field-wise maximum, both modes)."""
+    configs = [EngineConfig.for_program(p, lanes=lanes) for p in programs]
+    fields = {name: max(getattr(c, name) for c in configs) for name in EngineConfig._MINIMA}
+    modes = tuple({m for c in configs for m in c.modes})
+    if "rate" in modes:
+        fields["v_init_bits"] = max(1, fields["v_init_bits"])
+    return EngineConfig(**fields, modes=modes)
+
+
+def _conv_pool_program() -> Program:
+    rng = np.random.default_rng(5)
+    layers = [Layer("conv0", "conv3x3", (2, 4, 4), (3, 4, 4), 2, 2, 3, True,
+                    weights=rng.integers(-3, 4, (3, 2, 3, 3)), bias=rng.integers(-9, 9, 3),
+                    threshold=rng.integers(1, 6, 3)),
+              Layer("pool0", "sumpool2x2", (3, 4, 4), (3, 2, 2), 2, 4, 12, True),
+              Layer("out", "dense", (3, 2, 2), (4,), 4, 0, 0, False,
+                    weights=rng.integers(-3, 4, (4, 12)), bias=rng.integers(-9, 9, 4))]
+    program = Program("bitserial", InputSpec((2, 4, 4), 3, 2), layers, 3, t_steps=2)
+    program.validate()
+    return program
+
+
+def _rate_dense_program() -> Program:
+    rng = np.random.default_rng(6)
+    layers = [Layer("fc0", "dense", (8,), (6,), 2, 3, 1, True, weights=rng.integers(-3, 4, (6, 8)),
+                    bias=rng.integers(-3, 3, 6), threshold=rng.integers(2, 9, 6),
+                    v_init=rng.integers(0, 4, 6)),
+              Layer("out", "dense", (6,), (3,), 3, 0, 0, False,
+                    weights=rng.integers(-3, 4, (3, 6)), bias=rng.integers(-3, 3, 3))]
+    program = Program("rate", InputSpec((8,), 3, 2), layers, 3, method="srp", t_steps=2, tau=1)
+    program.validate()
+    return program
+
+
+def _masked_memories(text: str) -> str:
+    """Verilog with every memory's initial contents replaced by a placeholder."""
+    import re
+    return re.sub(r"^(\s*\S+ ?\[\d+\] = \d+'h)[0-9a-fA-Fxz_]+;$", r"\1X;", text,
+                  flags=re.MULTILINE)
+
+
+def test_one_config_one_logic_for_every_program_that_fits():
+    """Issue 4: the engine is not regenerated per network. For one config, a bit-serial dense
+    chain, a bit-serial conv+pool network and a rate (srp) network give the same Verilog except
+    for the memories' initial contents, and each runs exactly on it."""
+    programs = [_dense_chain(3, 2, bias=1, seed=4), _conv_pool_program(), _rate_dense_program()]
+    config = _shared_config(programs, lanes=3)
+    assert config.modes == ("bitserial", "rate")
+    texts = {_masked_memories(verilog.convert(Engine(config=config, program=p),
+                                              name="bitspike_engine", emit_src=False))
+             for p in programs}
+    assert len(texts) == 1
+    for program in programs:
+        n = int(np.prod(program.input.shape))
+        images = torch.from_numpy(np.random.default_rng(n).integers(
+            0, program.input.max_level + 1, (2, *program.input.shape)))
+        check(program, images, 3, config=config)
