@@ -190,7 +190,6 @@ class Engine(wiring.Component):
                   "rows": max(cfg.act_depth, TAPS * mc), "w_base": cfg.weight_depth,
                   "b_base": cfg.bias_depth, "t_in": T, "t_out": T, "wr_t": T, "steps": T,
                   "tau": T, "levels": (1 << T) - 1, "quads": 4, "wr_hw": mh * mw,
-                  "capacity": cfg.event_depth,
                   "in_kb": f["event_address"], "out_kb": f["event_address"],
                   "in_wb": self._wb, "out_wb": self._wb, "in_hb": self._hb, "out_hb": self._hb,
                   "in_tb": self._tb, "out_tb": self._tb}

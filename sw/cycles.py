@@ -108,16 +108,14 @@ def layer_plan(program: Program, lanes: int) -> list[dict]:
             "wr_hw": wr_h * wr_w, "clear_rows": (1 if wr_flat else wr_h) if lay.fires else 0,
             "rate": int(rate), "analog": int(rate and i == 0), "per_step": int(rate and i > 0),
             "steps": steps, "tau": program.tau,
-            # the longest list this layer reads or writes (rate pooling appends a channel once
-            # per spike of each of the window's 4 positions)
-            "capacity": max(c_in * h * w if lay.kind == "dense" else c_in,
-                            c_out * (wr_h * wr_w if wr_flat else 1) * (4 if rate and pool else 1)),
         }
         rows.append(row)
         w_base += groups * lay.fan_in
         b_base += groups
         i = nxt_i
     # event-list address fields per layer: list (t, y, x) entry k of the lists a layer reads is
+    # (the longest list, in_cap, counts rate pooling's duplicates: a channel once per spike of
+    # each of the window's 4 positions)
     # at ((t << in_hb | y) << in_wb | x) << in_kb | k, each field just wide enough for that layer
     # (flat lists: in_wb = in_hb = 0); out_* are the next layer's in_* (the lists it writes)
     for n, row in enumerate(rows):
