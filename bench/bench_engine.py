@@ -25,15 +25,6 @@ from pathlib import Path
 import torch
 
 
-def fixed_overhead(program, report, lanes: int) -> int:
-    """The input-independent cycles of one inference: the load's one cycle per pixel, and per
-    executed layer its start, bitmap clears, pipeline fill (3), idle check and buffer swap."""
-    from bitspike.sw.cycles import layer_plan
-    plan = layer_plan(program, lanes)
-    pixels = int(torch.tensor(program.input.shape).prod())
-    return pixels + sum(1 + r["clear_rows"] + 3 + 1 + (0 if r["last"] else 1) for r in plan)
-
-
 def rtl_check(program, x, golden, reports, lanes: int) -> str:
     from bitspike.hw.config import EngineConfig
     from bitspike.hw.engine import Engine
@@ -66,7 +57,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     from bitspike.sw.convert import convert_model
-    from bitspike.sw.cycles import engine_cycles
+    from bitspike.sw.cycles import engine_cycles, fixed_cycles
     from bitspike.sw.data import load_dataset
     from bitspike.sw.golden import run_program
     from bitspike.sw.pipeline import convert_with
@@ -89,7 +80,7 @@ def main(argv=None) -> dict:
             reports = [engine_cycles(program, golden, i, lanes=lanes) for i in range(len(x))]
             mean = sum(r.total for r in reports) / len(reports)
             bound = sum(r.lower_bound for r in reports) / len(reports)
-            fixed = fixed_overhead(program, reports[0], lanes)
+            fixed = fixed_cycles(program, lanes=lanes)
             check = "skipped"
             if args.rtl_images and lanes >= args.rtl_min_lanes:
                 check = rtl_check(program, x[:args.rtl_images], golden, reports, lanes)

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from bitspike.sw.cycles import TAPS, PlanError, layer_plan
 from bitspike.sw.errors import BitspikeError
 from bitspike.sw.program import NEURON_MODES, Program
 
@@ -94,22 +95,26 @@ def weight_rows(program: Program, lanes: int) -> list[int]:
             for lay in program.layers]
 
 
-def _steps_needed(program: Program) -> int:
-    """``max_t``: the longest list of planes or steps, and a rate Program's step count (its
-    output layer runs ``tau + t_steps`` steps even when no hidden layer carries them)."""
-    return max(program.requirements()["max_t"], program.rate_steps)
+def _steps_needed(program: Program, req: dict) -> int:
+    """``max_t``: the longest list of planes or steps (``req = program.requirements()``), and a
+    rate Program's step count (its output layer runs ``tau + t_steps`` steps even when no hidden
+    layer carries them)."""
+    return max(req["max_t"], program.rate_steps)
 
 
-def _shape_needs(program: Program, lanes: int) -> dict[str, int]:
+def _plan(program: Program, lanes: int) -> list[dict]:
+    """The engine's layer plan, or ``[]`` for a Program it refuses (``Engine`` raises
+    ``EngineUnsupported`` for that; the config sizes everything else)."""
+    try:
+        return layer_plan(program, lanes)
+    except PlanError:
+        return []
+
+
+def _shape_needs(program: Program, plan: list[dict]) -> dict[str, int]:
     """The map, channel and event-list fields of the smallest config for ``program``."""
-    from bitspike.sw.cycles import PlanError, layer_plan
-
     maps = [tuple(s) if len(s) == 3 else (s[0], 1, 1)
             for lay in program.layers for s in (lay.in_shape, lay.out_shape)]
-    try:
-        plan = layer_plan(program, lanes)
-    except PlanError:  # the engine refuses it anyway (EngineUnsupported); size the rest
-        plan = []
     events = max((r["in_kb"] + r["in_wb"] + r["in_hb"] + r["in_tb"] for r in plan), default=0)
     lists = max((r["in_wb"] + r["in_hb"] + r["in_tb"] for r in plan), default=0)
     return {"max_channels": max(c for c, _, _ in maps), "max_height": max(h for _, h, _ in maps),
@@ -373,10 +378,10 @@ class EngineConfig:
         _check_program(program)
         _check_lanes(lanes)
         req = program.requirements()
-        shape = _shape_needs(program, lanes)
+        shape = _shape_needs(program, _plan(program, lanes))
         return cls(lanes=lanes, weight_bits=req["weight_bits"], acc_bits=req["acc_bits"],
                    bias_bits=req["bias_bits"], threshold_bits=req["threshold_bits"],
-                   v_init_bits=req["v_init_bits"], max_t=_steps_needed(program),
+                   v_init_bits=req["v_init_bits"], max_t=_steps_needed(program, req),
                    weight_depth=max(1, sum(weight_rows(program, lanes))),
                    act_depth=req["max_neurons"], bias_depth=max(1, req["bias_words"]),
                    threshold_depth=req["threshold_words"], v_init_depth=req["v_init_words"],
@@ -412,11 +417,12 @@ class EngineConfig:
             if need > have:
                 out.append(f"{name}: needs {need}, the engine has {have} "
                            f"({_short(need - have, 'bits')})")
-        steps = _steps_needed(program)
+        steps = _steps_needed(program, req)
         if steps > self.max_t:
             out.append(f"max_t: needs {steps} time steps, the engine has {self.max_t} "
                        f"({_short(steps - self.max_t, 'steps')})")
-        shape = _shape_needs(program, self.lanes)
+        plan = _plan(program, self.lanes)
+        shape = _shape_needs(program, plan)
         for name, what in (("max_channels", "channels"), ("max_height", "rows"),
                            ("max_width", "columns"), ("event_depth", "event-list entries"),
                            ("list_depth", "lists")):
@@ -424,6 +430,11 @@ class EngineConfig:
             if need > have:
                 out.append(f"{name}: needs {need:,} {what}, the engine has {have:,} "
                            f"({_ratio(need, have, what.split()[-1])})")
+        if not out:  # backstop: every layer-table field must fit the width the config gives it
+            limits = self.layer_table_limits()
+            out += [f"layer table: layer {row['index']} has {key} = {value}, the engine holds "
+                    f"at most {limits[key]}" for row in plan for key, value in row.items()
+                    if value > limits[key]]
         return out
 
     def check_fits(self, program: Program) -> None:
@@ -458,6 +469,24 @@ class EngineConfig:
 
     # ---------------------------------------------------------------------------------------
     # cost
+
+    def layer_table_limits(self) -> dict[str, int]:
+        """The largest value each layer-table field (``bitspike.sw.cycles.layer_plan``) can
+        take on this config; the engine sizes its table ROM from these."""
+        T, f = self.max_t, self.list_field_bits()
+        mc, mh, mw = self.max_channels, self.max_height, self.max_width
+        flags = ("in_flat", "fires", "last", "pool", "wr_flat", "rate", "analog", "per_step",
+                 "kind")
+        return {**dict.fromkeys(flags, 1),
+                "index": self.layer_depth, "c_in": mc, "c_out": mc, "h": mh, "oh": mh,
+                "win_h": mh, "clear_rows": mh, "w": mw, "ow": mw, "win_w": mw,
+                "n_in": self.act_depth, "groups": -(-mc // self.lanes),
+                "rows": max(self.act_depth, TAPS * mc), "w_base": self.weight_depth,
+                "b_base": self.bias_depth, "t_in": T, "t_out": T, "wr_t": T, "steps": T,
+                "tau": T, "levels": (1 << T) - 1, "quads": 4, "wr_hw": mh * mw,
+                "in_kb": f["event_address"], "out_kb": f["event_address"],
+                "in_wb": f["column"], "out_wb": f["column"], "in_hb": f["row"],
+                "out_hb": f["row"], "in_tb": f["plane"], "out_tb": f["plane"]}
 
     def list_field_bits(self) -> dict[str, int]:
         """Widths the engine derives from this config: positions, planes, events, counts."""

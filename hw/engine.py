@@ -29,7 +29,7 @@ from amaranth.lib.wiring import In, Out
 from ..sw.cycles import KIND_CONV, TAPS, PlanError, layer_plan
 from ..sw.errors import BitspikeError
 from ..sw.program import Program
-from .config import EngineConfig, EngineFitError, pack_weights
+from .config import EngineConfig, pack_weights
 from .lanes import AccumulateLanes, LaneCommand
 from .neuron import ApproximationStep, IntegrateFireStep
 
@@ -42,11 +42,6 @@ class EngineUnsupported(BitspikeError):
 
 def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
-
-
-def _map(shape) -> tuple[int, int, int]:
-    shape = tuple(shape)
-    return shape if len(shape) == 3 else (shape[0], 1, 1)
 
 
 def _pack_channel_rows(arrays, lanes: int, bits: int) -> list[int]:
@@ -134,14 +129,7 @@ class Engine(wiring.Component):
         self._ev_addr_bits, self._cnt_addr_bits = f["event_address"], f["list_address"]
         self._idx_bits = f["event"]  # a channel, or a flattened index (< act_depth)
         self._groups = -(-config.max_channels // config.lanes)
-        self._field_max = self._table_maxima()
-        for row in self._plan:  # the table ROM's fields are sized from the config
-            for key, value in row.items():
-                if value > self._field_max[key]:
-                    self._MustUse__silence = True
-                    raise EngineFitError(f"layer {row['index']}: {key} = {value} exceeds the "
-                                         f"engine's {self._field_max[key]} (raise the config "
-                                         "field it derives from)")
+        self._field_max = config.layer_table_limits()  # check_fits held the plan to these
         self._logit_layout = data.StructLayout({
             "index": unsigned(_bits(config.max_channels)),
             "value": signed(config.acc_bits + 2)})
@@ -175,32 +163,6 @@ class Engine(wiring.Component):
         cost = self._config.cost()
         keys = ("event_lists", "list_lengths", "nonempty_bitmaps")
         return {**{k: cost[k] for k in keys}, "total": sum(cost[k] for k in keys)}
-
-    def _table_maxima(self) -> dict[str, int]:
-        """The largest value each layer-table field can take on this config."""
-        cfg, T = self._config, self._config.max_t
-        mc, mh, mw = cfg.max_channels, cfg.max_height, cfg.max_width
-        f = cfg.list_field_bits()
-        flags = ("in_flat", "fires", "last", "pool", "wr_flat", "rate", "analog", "per_step",
-                 "kind")
-        maxima = {**dict.fromkeys(flags, 1),
-                  "index": cfg.layer_depth, "c_in": mc, "c_out": mc, "h": mh, "oh": mh,
-                  "win_h": mh, "clear_rows": mh, "w": mw, "ow": mw, "win_w": mw,
-                  "n_in": cfg.act_depth, "groups": self._groups,
-                  "rows": max(cfg.act_depth, TAPS * mc), "w_base": cfg.weight_depth,
-                  "b_base": cfg.bias_depth, "t_in": T, "t_out": T, "wr_t": T, "steps": T,
-                  "tau": T, "levels": (1 << T) - 1, "quads": 4, "wr_hw": mh * mw,
-                  "in_kb": f["event_address"], "out_kb": f["event_address"],
-                  "in_wb": self._wb, "out_wb": self._wb, "in_hb": self._hb, "out_hb": self._hb,
-                  "in_tb": self._tb, "out_tb": self._tb}
-        missing = set(self._plan[0]) - set(maxima)
-        assert not missing, f"layer-table fields without a maximum: {missing}"
-        return maxima
-
-    @property
-    def plan(self) -> list[dict]:
-        """The executed layers (the layer table), from :func:`bitspike.sw.cycles.layer_plan`."""
-        return [dict(row) for row in self._plan]
 
     def elaborate(self, platform):  # noqa: C901 - one sequencer, read top to bottom
         m = Module()
@@ -253,18 +215,18 @@ class Engine(wiring.Component):
             param_ports.append(v_rd)
 
         # ------------------------------------------------------------ event lists (ping-pong)
-        # list (t, y, x): its events at Cat(k, x, y, t), its length in counts[Cat(x, y, t)]
-        # (valid only while the list's bit is set in the nonempty bitmap: row y, bit Cat(x, t))
+        # list (t, y, x): its events at event_address, its length at list_address (valid only
+        # while the list's bit is set in the nonempty bitmap: row y, bit Cat(x, t))
         ev_addr_bits, cnt_addr_bits = self._ev_addr_bits, self._cnt_addr_bits
 
         def list_address(t, y, x, fields):
-            """((t << hb | y) << wb | x): the list's index, fields of the layer reading it."""
-            kb_, wb_, hb_ = fields
+            """``(t << hb | y) << wb | x``, with the fields of the layer that reads the list."""
+            _, wb_, hb_ = fields
             return ((((t << hb_) | y) << wb_) | x)[:cnt_addr_bits]
 
         def event_address(k, t, y, x, fields):
-            kb_, wb_, hb_ = fields
-            return (((((t << hb_) | y) << wb_) | x) << kb_ | k)[:ev_addr_bits]
+            """Entry ``k`` of list (t, y, x): ``list_address << kb | k``."""
+            return ((list_address(t, y, x, fields) << fields[0]) | k)[:ev_addr_bits]
         row_bits = T << wb
         src = Signal()
         writing_src = Signal()  # the load and its clear fill the buffer the first layer reads
@@ -291,8 +253,7 @@ class Engine(wiring.Component):
         wr_t, wr_y, wr_x = Signal(tb), Signal(hb), Signal(wb)
         wr_append, wr_clear, wr_index = Signal(), Signal(), Signal(self._idx_bits)
         # address fields of the lists the walker reads (this layer's) and the writer writes
-        # (the next layer's; the first layer's during the load)
-        # (the load runs with layer 0's descriptor: it writes layer 0's input lists)
+        # (the next layer's; during the load, which runs with layer 0's descriptor, layer 0's)
         rd_fields = (desc.in_kb, desc.in_wb, desc.in_hb)
         wr_fields = tuple(Mux(writing_src, desc[f"in_{key}"], desc[f"out_{key}"])
                           for key in ("kb", "wb", "hb"))
@@ -672,11 +633,26 @@ class Engine(wiring.Component):
             spikes = Signal(P)
             m.d.comb += spikes.eq(Cat(*if_spike))
 
-            def rate_step():
-                return [*[v[p].eq(if_v[p]) for p in range(P)],
-                        *[keep[p].eq(if_keep[p]) for p in range(P)],
-                        *[rec[p].eq(if_u[p]) for p in range(P)],
-                        pending.eq(spikes), wbase.eq(ts)]
+            def rate_update(last_step):
+                """One rate step, and where to go: a firing layer integrates and fires (then
+                the trace, or the spikes' writes; without spikes the next step, or Idle after
+                the last), the output layer adds to its logits (emitted after the last)."""
+                with m.If(desc.fires):
+                    m.d.sync += [*[v[p].eq(if_v[p]) for p in range(P)],
+                                 *[keep[p].eq(if_keep[p]) for p in range(P)],
+                                 *[rec[p].eq(if_u[p]) for p in range(P)],
+                                 pending.eq(spikes), wbase.eq(ts)]
+                    if trace:
+                        m.next = "TraceRU"
+                    else:
+                        with m.If(spikes != 0):
+                            m.next = "Write"
+                        with m.Elif(last_step):
+                            m.next = "Idle"
+                with m.Else():
+                    m.d.sync += [v[p].eq(if_sum[p]) for p in range(P)]
+                    with m.If(last_step):
+                        m.next = "TraceU" if trace else "Emit"
 
         def record(kind, values, layer_index, oy, ox, t=0):
             return [self.o_trace.valid.eq(1), self.o_trace.p.kind.eq(kind),
@@ -722,34 +698,13 @@ class Engine(wiring.Component):
                                 m.d.sync += [*[cur[p].eq(taken[p]) for p in range(P)],
                                              rstep.eq(0)]
                                 m.next = "RateStep"
-                            with m.Elif(desc.fires):
-                                m.d.sync += rate_step()
-                                if trace:
-                                    m.next = "TraceRU"
-                                else:
-                                    with m.If(spikes != 0):
-                                        m.next = "Write"
-                            with m.Else():
-                                m.d.sync += [v[p].eq(if_sum[p]) for p in range(P)]
-                                with m.If(done_meta.t + 1 == desc.steps):
-                                    m.next = "TraceU" if trace else "Emit"
+                            with m.Else():  # one step of a later layer
+                                rate_update(done_meta.t + 1 == desc.steps)
 
             if has_rate:
                 with m.State("RateStep"):  # the first layer: S steps on one current
                     m.d.sync += rstep.eq(rstep + 1)
-                    with m.If(desc.fires):
-                        m.d.sync += rate_step()
-                        if trace:
-                            m.next = "TraceRU"
-                        else:
-                            with m.If(spikes != 0):
-                                m.next = "Write"
-                            with m.Elif(rstep + 1 >= desc.steps):
-                                m.next = "Idle"
-                    with m.Else():
-                        m.d.sync += [v[p].eq(if_sum[p]) for p in range(P)]
-                        with m.If(rstep + 1 >= desc.steps):
-                            m.next = "TraceU" if trace else "Emit"
+                    rate_update(rstep + 1 >= desc.steps)
 
             if trace:
                 with m.State("TraceU"):  # u0 = acc + B before firing, or the logits

@@ -272,6 +272,17 @@ def engine_cycles(program: Program, result: GoldenResult, index: int, *, lanes: 
     return report
 
 
+def fixed_cycles(program: Program, *, lanes: int) -> int:
+    """The input-independent cycles of one inference (the schedule's fixed overhead): the load's
+    one cycle per pixel, and per executed layer its start, bitmap row clears, pipeline fill (3),
+    the cycle that sees the firing stage idle and the buffer swap (all but the last layer)."""
+    pixels = 1
+    for size in program.input.shape:
+        pixels *= size
+    return pixels + sum(1 + row["clear_rows"] + 3 + 1 + (0 if row["last"] else 1)
+                        for row in layer_plan(program, lanes))
+
+
 def predict(program: Program, inputs: torch.Tensor, *, lanes: int) -> list[CycleReport]:
     """Cycle reports for a batch of inputs (runs the golden model)."""
     result = run_program(program, inputs)

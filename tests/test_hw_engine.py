@@ -74,6 +74,14 @@ def test_reset_mid_inference_then_correct_results(mlp, digits):
     assert len(got) == 2
 
 
+def _draw_images(draw, program: Program, count: int) -> torch.Tensor:
+    """``count`` random input images of ``program`` (levels 0..max_level)."""
+    n = int(np.prod(program.input.shape))
+    levels = draw(st.lists(st.integers(0, program.input.max_level), min_size=count * n,
+                           max_size=count * n))
+    return torch.tensor(levels).view(count, *program.input.shape)
+
+
 def _random_dense_program(draw) -> Program:
     weight_bits = draw(st.sampled_from([2, 4, 8]))
     qmax = 2 ** (weight_bits - 1) - 1
@@ -109,11 +117,7 @@ def _random_dense_program(draw) -> Program:
 @given(data=st.data(), lanes=st.sampled_from([1, 3, 4]))
 def test_random_dense_programs(data, lanes):
     program = _random_dense_program(data.draw)
-    n_img = 3
-    images = torch.tensor(data.draw(st.lists(
-        st.integers(0, program.input.max_level), min_size=n_img * program.input.shape[0],
-        max_size=n_img * program.input.shape[0]))).view(n_img, -1)
-    check(program, images, lanes)
+    check(program, _draw_images(data.draw, program, 3), lanes)
 
 
 def _random_conv_program(draw) -> Program:
@@ -158,10 +162,7 @@ def _random_conv_program(draw) -> Program:
 @given(data=st.data(), lanes=st.sampled_from([1, 2, 4]))
 def test_random_conv_pool_programs(data, lanes):
     program = _random_conv_program(data.draw)
-    n = int(np.prod(program.input.shape))
-    images = torch.tensor(data.draw(st.lists(st.integers(0, program.input.max_level),
-                                             min_size=2 * n, max_size=2 * n)))
-    check(program, images.view(2, *program.input.shape), lanes)
+    check(program, _draw_images(data.draw, program, 2), lanes)
 
 
 @pytest.mark.slow
@@ -280,10 +281,7 @@ def test_trace_under_back_pressure(mlp, digits):
 @given(data=st.data(), lanes=st.sampled_from([1, 3]))
 def test_trace_of_random_conv_pool_programs(data, lanes):
     program = _random_conv_program(data.draw)
-    n = int(np.prod(program.input.shape))
-    images = torch.tensor(data.draw(st.lists(st.integers(0, program.input.max_level),
-                                             min_size=n, max_size=n)))
-    _check_trace(program, images.view(1, *program.input.shape), lanes)
+    _check_trace(program, _draw_images(data.draw, program, 1), lanes)
 
 
 def test_no_trace_port_unless_asked(mlp):
@@ -369,10 +367,7 @@ def test_random_rate_programs(data, lanes):
     """Rate-coded IF (qcfs and srp) on random dense and conv+pool Programs: logits, class and
     cycles equal the golden model's."""
     program = _random_rate_program(data.draw)
-    n = int(np.prod(program.input.shape))
-    images = torch.tensor(data.draw(st.lists(st.integers(0, program.input.max_level),
-                                             min_size=2 * n, max_size=2 * n)))
-    check(program, images.view(2, *program.input.shape), lanes)
+    check(program, _draw_images(data.draw, program, 2), lanes)
 
 
 @settings(max_examples=8, deadline=None)
@@ -380,10 +375,7 @@ def test_random_rate_programs(data, lanes):
 def test_trace_of_random_rate_programs(data, lanes):
     """Every step's potentials and spikes (after SRP's mask) against the golden model."""
     program = _random_rate_program(data.draw)
-    n = int(np.prod(program.input.shape))
-    images = torch.tensor(data.draw(st.lists(st.integers(0, program.input.max_level),
-                                             min_size=n, max_size=n)))
-    _check_trace(program, images.view(1, *program.input.shape), lanes)
+    _check_trace(program, _draw_images(data.draw, program, 1), lanes)
 
 
 @pytest.fixture(scope="module")
@@ -543,3 +535,20 @@ def test_one_config_one_logic_for_every_program_that_fits():
         images = torch.from_numpy(np.random.default_rng(n).integers(
             0, program.input.max_level + 1, (2, *program.input.shape)))
         check(program, images, 3, config=config)
+
+
+def test_fixed_cycles_by_hand():
+    """One output layer (4 inputs, 2 outputs, P = 2), an all-zero image: the load is 4 pixel
+    cycles; the layer 1 start + one empty segment (1 issue, taken 3 cycles later, then 1 take +
+    2 logits) + the cycle that sees the firing stage idle = 1 + 3 + 3 + 1. The fixed part
+    leaves out only the segment's firing work (take + 2 logits)."""
+    from bitspike.sw.cycles import fixed_cycles
+    layers = [Layer("out", "dense", (4,), (2,), 1, 0, 0, False,
+                    weights=np.array([[1, 2, 3, 1], [-1, 0, 2, 1]]), bias=np.array([4, -4]))]
+    program = Program("bitserial", InputSpec((4,), 1, 1), layers, 3, t_steps=0)
+    program.validate()
+    zeros = torch.zeros(1, 4, dtype=torch.int64)
+    assert engine_cycles(program, run_program(program, zeros), 0, lanes=2).total == 12
+    assert fixed_cycles(program, lanes=2) == 4 + 1 + 3 + 1 == 9
+    (_, _, cycles), = check(program, zeros, 2)
+    assert cycles == 12

@@ -90,6 +90,20 @@ def _protocol_monitor(stream, violations: list):
     return monitor
 
 
+def _transfer_monitor(dut, accepts: list, outs: list):
+    """Record the cycle of every input transfer in ``accepts`` and output one in ``outs``."""
+    async def monitor(ctx):
+        cycle = 0
+        async for iv, ir, ov, orr in _cycles(ctx, dut.i_stream.valid, dut.i_stream.ready,
+                                             dut.o_stream.valid, dut.o_stream.ready):
+            if iv and ir:
+                accepts.append(cycle)
+            if ov and orr:
+                outs.append(cycle)
+            cycle += 1
+    return monitor
+
+
 # ---------------------------------------------------------------------------------------------
 # SuccessiveApproximationFire
 
@@ -207,16 +221,7 @@ def test_sa_fire_cycles_per_job():
     jobs = [{"u0": 37 * i - 100, "threshold": 5, "t_out": t, "levels": 2**t - 1}
             for i, t in enumerate(t_outs)]
     accepts, bits = [], []
-
-    async def monitor(ctx):
-        cycle = 0
-        async for iv, ir, ov, orr in _cycles(ctx, dut.i_stream.valid, dut.i_stream.ready,
-                                             dut.o_stream.valid, dut.o_stream.ready):
-            if iv and ir:
-                accepts.append(cycle)
-            if ov and orr:
-                bits.append(cycle)
-            cycle += 1
+    monitor = _transfer_monitor(dut, accepts, bits)
 
     got = []
 
@@ -353,16 +358,7 @@ def test_integrate_fire_cycles():
                 "tau": 3},
                {"adds": [10, 20, 30], "bias": -1, "threshold": 25, "v_init": 0, "tau": 0}]
     accepts, outs = [], []
-
-    async def monitor(ctx):
-        cycle = 0
-        async for iv, ir, ov, orr in _cycles(ctx, dut.i_stream.valid, dut.i_stream.ready,
-                                             dut.o_stream.valid, dut.o_stream.ready):
-            if iv and ir:
-                accepts.append(cycle)
-            if ov and orr:
-                outs.append(cycle)
-            cycle += 1
+    monitor = _transfer_monitor(dut, accepts, outs)
 
     got = run_if_with_monitor(dut, neurons, monitor)
     assert got == [golden_if(n) for n in neurons]
