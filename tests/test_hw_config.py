@@ -386,3 +386,15 @@ def test_constructor_is_keyword_only_and_frozen():
         cfg.lanes = 4
     with pytest.raises(TypeError, match="lanes must be a positive integer, not 0"):
         EngineConfig.for_program(_dense_program(4, 2, 0), lanes=0)
+
+
+def test_layer_table_backstop_names_the_field(programs, monkeypatch):
+    """A layer-table field wider than the config allows is refused (named) even if no other
+    field caught it first."""
+    cfg = EngineConfig.for_program(programs["digits-cnn"], lanes=8)
+    limits = cfg.layer_table_limits()
+    monkeypatch.setattr(EngineConfig, "layer_table_limits",
+                        lambda self: {**limits, "groups": 1})
+    with pytest.raises(EngineFitError, match=r"layer table: layer 0 has groups = 2, the engine "
+                                             r"holds at most 1"):
+        cfg.check_fits(programs["digits-cnn"])
