@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     sp.add_argument("--split-seed", type=int, default=0, help="train/test split seed (default: 0)")
     sp.add_argument("--bit-l1", type=float, default=0.0, metavar="COEF",
-                    help="bit-sparsity regularizer coefficient (seed Eq. 10-11; default: off)")
+                    help='bit-sparsity regularizer coefficient (Eq. 10-11 of "When SNN Meets '
+                         'ANN"; default: off)')
     sp.add_argument("--per-channel", action="store_true",
                     help="one QCFS threshold per channel instead of per layer")
     sp.add_argument("--activation", choices=ACTIVATIONS, default="qcfs",

@@ -4,7 +4,8 @@ Trains (or reuses) the source network each method expects, converts it with ever
 every T the method allows, runs the integer golden model (and the float twin) on the test split,
 counts operations and energy from the actual spikes, and writes a markdown table, a CSV and
 plots (accuracy vs T, accuracy vs energy per inference), plus the ablation of the bit-serial
-scheme (left shift, bias placement, deferred firing), like the seed's Tables 1 and 4 and Fig. 1.
+scheme (left shift, bias placement, deferred firing), like Tables 1 and 4 and Fig. 1 of the
+error-free conversion paper ("When SNN Meets ANN", docs/conversion-math.md section 7).
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def _run_one(method, t, tau, key, arch, data, folder, epochs, progress, cache) -
 
 
 def run_ablation(cache, arch, levels, data, folder, epochs, progress) -> list[dict]:
-    """The seed's Table 4: the bit-serial scheme with each part on or off (L = 15 source)."""
+    """Table 4 of "When SNN Meets ANN": the bit-serial scheme with each part on or off (L = 15)."""
     key = ("qcfs", levels)
     model, meta = _get_source(key, arch, data, folder, epochs, progress, cache)
     program = convert_with(model, meta, method="bitserial", data=data).program
@@ -235,7 +236,7 @@ def write_results(rows: list[Row], ablation: list[dict], out: Path, *, dataset: 
     if notes:
         lines += ["", "Not run:", ""] + [f"- {n}" for n in notes]
     lines += ["", f"Ablation of the bit-serial scheme (L = {levels}, T = {ablation[0]['T']}), "
-              "like the seed's Table 4:", "",
+              'like Table 4 of "When SNN Meets ANN":', "",
               "| left shift | bias once | deferred fire/reset | accuracy (%) |",
               "|---|---|---|---|"]
     for a in ablation:

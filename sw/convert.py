@@ -239,8 +239,8 @@ def quantize(layers: list[FloatLayer], *, input_spec: InputSpec, weight_bits: in
             raise UnsupportedLayerError(
                 f"layer {fl.act_name!r} ({fl.act}) is not supported by the bit-serial conversion: "
                 f"it needs QCFS activations: replace {what} with bitspike.sw.qcfs.QCFS(levels=L) "
-                "and fine-tune (the seed's A.9: about 30 epochs), or convert with a rate method "
-                "(--method data-driven or deng-gu)")
+                'and fine-tune (about 30 epochs, appendix A.9 of "When SNN Meets ANN"), or '
+                "convert with a rate method (--method data-driven or deng-gu)")
         w_units = fl.weight * _channel_units(unit, fl.kind, shape)  # W'' acting on levels
         wmax = w_units.reshape(c_out, -1).abs().amax(dim=1)
         fires = fl.act is not None

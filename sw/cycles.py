@@ -38,7 +38,8 @@ rate, later firing layer    ``1 + spikes_t`` per step ``+ 2``
 rate output layer           ``1`` per step, ``+ valid outputs (+ 1)`` after the last
 ==========================  =========================================================
 
-The lower bound of issue 4 is ``ceil(active synaptic ops / P)`` per Program layer.
+The lower bound the schedule is measured against is ``ceil(active synaptic ops / P)`` per Program
+layer.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Data-driven threshold and initial-potential calibration for rate-coded IF layers.
 
 Implements the layer-wise method of Bojkovic et al., "Data Driven Threshold and Potential
-Initialization for Spiking Neural Networks" (AISTATS 2024), the "data-driven init" row of
+Initialization for Spiking Neural Networks" (AISTATS 2024), the ``data-driven`` row of
 docs/conversion-math.md section 3. Numpy only.
 
 The model (paper section 3, Eq. 1 and Eq. 5; section 4.1.1). An integrate-and-fire neuron with

@@ -1,6 +1,6 @@
 """Operation counts and energy per inference, from the golden model's actual spikes.
 
-The counts follow the engine's schedule (docs/energy.md; shared/design/architecture.md):
+The counts follow the engine's schedule (docs/energy.md section 1; docs/engine.md):
 
 * **Layer by layer.** A layer runs to completion (all its time steps) before the next starts; its
   output events go to the other half of a ping-pong activation buffer.
@@ -92,7 +92,7 @@ MEMORY_OPS = {"weight_read": "sram_read_bit", "event_read": "sram_read_bit",
               "event_write": "sram_write_bit", "param_read": "sram_read_bit"}
 POOL_COUNT_BITS = unsigned_bits(4)  # a rate-mode 2x2 count 1..4 travels with its index
 
-_SEED = "seed error-free-bitserial-conversion Table 6 (45 nm)"
+_PAPER = '"When SNN Meets ANN" Table 6 (45 nm)'
 _HOROWITZ = "Horowitz, ISSCC 2014, 45 nm"
 
 
@@ -116,18 +116,19 @@ class EnergyTable:
     """Per-operation energy in pJ; every entry carries its source.
 
     The defaults are docs/conversion-math.md section 5: Horowitz (ISSCC 2014, 45 nm) as quoted in
-    the error-free bit-serial seed's Table 6, plus FP32 and SRAM figures from Horowitz 2014.
+    Table 6 of the error-free conversion paper ("When SNN Meets ANN"), plus FP32 and SRAM figures
+    from Horowitz 2014.
     :meth:`load` reads a user TOML or JSON file (docs/energy.md).
     """
 
-    add_32: OpCost = OpCost(0.1, f"{_HOROWITZ}: 32-bit integer add ({_SEED})")
-    add_8: OpCost = OpCost(0.03, f"{_HOROWITZ}: 8-bit integer add ({_SEED})")
-    mult_32: OpCost = OpCost(3.1, f"{_HOROWITZ}: 32-bit integer multiply ({_SEED})")
-    mult_8: OpCost = OpCost(0.2, f"{_HOROWITZ}: 8-bit integer multiply ({_SEED})")
-    shift_32: OpCost = OpCost(0.13, f"{_SEED}: 32-bit left shift (the seed's in-house figure)")
-    shift_8: OpCost = OpCost(0.024, f"{_SEED}: 8-bit left shift (the seed's in-house figure)")
-    compare_32: OpCost = OpCost(0.08, f"{_SEED}: 32-bit comparator")
-    compare_8: OpCost = OpCost(0.03, f"{_SEED}: 8-bit comparator")
+    add_32: OpCost = OpCost(0.1, f"{_HOROWITZ}: 32-bit integer add ({_PAPER})")
+    add_8: OpCost = OpCost(0.03, f"{_HOROWITZ}: 8-bit integer add ({_PAPER})")
+    mult_32: OpCost = OpCost(3.1, f"{_HOROWITZ}: 32-bit integer multiply ({_PAPER})")
+    mult_8: OpCost = OpCost(0.2, f"{_HOROWITZ}: 8-bit integer multiply ({_PAPER})")
+    shift_32: OpCost = OpCost(0.13, f"{_PAPER}: 32-bit left shift (the authors' in-house figure)")
+    shift_8: OpCost = OpCost(0.024, f"{_PAPER}: 8-bit left shift (the authors' in-house figure)")
+    compare_32: OpCost = OpCost(0.08, f"{_PAPER}: 32-bit comparator")
+    compare_8: OpCost = OpCost(0.03, f"{_PAPER}: 8-bit comparator")
     fp32_mac: OpCost = OpCost(4.6, f"{_HOROWITZ}: FP32 multiply 3.7 + FP32 add 0.9 (the usual "
                                    "ANN baseline of SNN papers)")
     fp32_add: OpCost = OpCost(0.9, f"{_HOROWITZ}: FP32 add")
@@ -135,7 +136,7 @@ class EnergyTable:
                                             "per bit")
     sram_write_bit: OpCost = OpCost(10 / 64, "assumed equal to the SRAM read (Horowitz 2014 "
                                              "quotes reads only)")
-    name: str = "default (Horowitz ISSCC 2014, 45 nm; seed Table 6)"
+    name: str = 'default (Horowitz ISSCC 2014, 45 nm; "When SNN Meets ANN" Table 6)'
 
     @classmethod
     def operations(cls) -> tuple[str, ...]:
@@ -714,7 +715,8 @@ def format_table(report: EnergyReport | OpReport) -> str:
         f"(weights {_pj(t.pj['weight_read'])}, events "
         f"{_pj(t.pj['event_read'] + t.pj['event_write'])}, parameters "
         f"{_pj(t.pj['param_read'])}) = {_pj(c['snn_total_pj'])} pJ per inference",
-        f"  ANN, same architecture, compute only (as in the seed): FP32 {_pj(c['ann_fp32_pj'])}"
+        f"  ANN, same architecture, compute only (as the SNN papers count it): FP32 "
+        f"{_pj(c['ann_fp32_pj'])}"
         f" pJ = {_ratio(c['ann_fp32_over_snn_compute'])} the SNN's compute; INT8 "
         f"{_pj(c['ann_int8_pj'])} pJ = {_ratio(c['ann_int8_over_snn_compute'])}",
         "  (the ANN's own weight and activation traffic is not modelled: compare compute with "

@@ -109,7 +109,7 @@ def _channel_view(v: np.ndarray, out_shape: tuple[int, ...]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Ablation:
-    """Switches for the bit-serial ablation (the seed's Table 4); all on = the exact scheme.
+    """Switches for the bit-serial ablation (Table 4 of "When SNN Meets ANN"); all on = exact.
 
     ``left_shift``
         Off: the receiver adds every input bit plane with the same weight (no ``acc << 1``).
@@ -325,7 +325,7 @@ def run_program(program: Program, inputs: torch.Tensor, *, trace: bool = False,
     """Run the golden model on a batch of input levels ``(N, *input.shape)``.
 
     Bit-serial Programs run the bit-serial model below (``ablation`` switches parts of the scheme
-    off for the seed's Table 4); rate Programs :func:`run_rate`.
+    off, as in Table 4 of "When SNN Meets ANN"); rate Programs :func:`run_rate`.
     """
     if program.mode == "rate":
         if not ablation.exact:

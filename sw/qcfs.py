@@ -38,10 +38,10 @@ class _FloorSTE(torch.autograd.Function):
 
 
 class _BitCountSurrogate(torch.autograd.Function):
-    """Number of 1-bits of the levels ``k`` (forward); Eq. 11 of the seed (backward).
+    """Number of 1-bits of the levels ``k`` (forward); the surrogate of Eq. 11 (backward).
 
-    The seed's surrogate: ``d a_t / d a = 1`` where ``0 < a < lam`` and 0 elsewhere, for each of the
-    ``T`` bits, so ``d popcount / d a = T`` inside the linear range.
+    The surrogate of "When SNN Meets ANN" (Eq. 11): ``d a_t / d a = 1`` where ``0 < a < lam`` and
+    0 elsewhere, for each of the ``T`` bits, so ``d popcount / d a = T`` inside the linear range.
     """
 
     @staticmethod
@@ -72,7 +72,7 @@ class QCFS(nn.Module):
     thresh : float
         Initial threshold ``lam``.
     channels : int or None
-        ``None`` for one threshold per layer (the seed's choice), else one per channel (dim 1).
+        ``None`` for one threshold per layer (QCFS's choice), else one per channel (dim 1).
 
     Members
     -------
@@ -80,7 +80,7 @@ class QCFS(nn.Module):
         The trainable threshold ``lam``.
     last_bit_count : Tensor or None
         When ``track_bits`` is set, the number of 1-bits in the last forward's levels (with the
-        surrogate gradient of the seed's Eq. 11), for the bit-sparsity regularizer.
+        surrogate gradient of Eq. 11 of "When SNN Meets ANN"), for the bit-sparsity regularizer.
     """
 
     def __init__(self, *, levels: int, thresh: float = 8.0, channels: int | None = None):
@@ -132,7 +132,7 @@ class QCFS(nn.Module):
 
 
 def bit_sparsity_loss(model: nn.Module) -> torch.Tensor:
-    """The seed's L_SP (Eq. 10): 1-bits of every hidden activation level, summed over the network.
+    """L_SP of "When SNN Meets ANN" (Eq. 10): 1-bits of every hidden level, summed over the network.
 
     Call after a forward pass with :func:`track_bit_sparsity` enabled. Averaged over the batch by
     the caller (see :mod:`bitspike.sw.train`).

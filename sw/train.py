@@ -55,8 +55,8 @@ def accuracy(model: nn.Module, data: DatasetSplit, *, split: str = "test") -> fl
 def train(cfg: TrainConfig, data: DatasetSplit, *, progress: bool = True):
     """Train ``cfg.arch`` on ``data``; return ``(model, CheckpointMeta)``.
 
-    Adam with cosine decay, cross-entropy, plus ``bit_l1`` times the seed's bit-sparsity loss
-    (Eq. 10, averaged over the batch) when ``bit_l1 > 0``.
+    Adam with cosine decay, cross-entropy, plus ``bit_l1`` times the bit-sparsity loss of
+    "When SNN Meets ANN" (Eq. 10, averaged over the batch) when ``bit_l1 > 0``.
     """
     spec = ARCHS[cfg.arch]
     if tuple(spec.input_shape) != tuple(data.input_shape):

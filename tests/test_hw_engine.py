@@ -520,7 +520,7 @@ def _masked_memories(text: str) -> str:
 
 
 def test_one_config_one_logic_for_every_program_that_fits():
-    """Issue 4: the engine is not regenerated per network. For one config, a bit-serial dense
+    """The engine is not regenerated per network. For one config, a bit-serial dense
     chain, a bit-serial conv+pool network and a rate (srp) network give the same Verilog except
     for the memories' initial contents, and each runs exactly on it."""
     programs = [_dense_chain(3, 2, bias=1, seed=4), _conv_pool_program(), _rate_dense_program()]

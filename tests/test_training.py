@@ -54,7 +54,7 @@ def test_bit_sparsity_regularizer_reduces_one_bits(digits):
 
 @pytest.mark.slow
 def test_default_digits_cnn_reaches_target_in_time(digits):
-    """Issue acceptance: >= 97 % float, < 3 min of training, integer within 1 point."""
+    """The training target: >= 97 % float, < 3 min of training, integer within 1 point."""
     torch.set_num_threads(2)
     start = time.perf_counter()
     model, meta = train(TrainConfig(), digits, progress=False)
