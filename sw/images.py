@@ -317,6 +317,8 @@ def read_bundle(folder: str | Path) -> Program:
     where = folder / MANIFEST
     try:
         hashes = manifest["sha256"]
+        if not isinstance(hashes, dict):  # file name -> digest; other names are ignored (2.6)
+            raise TypeError(f"sha256 must be an object, not {type(hashes).__name__}")
         p = manifest["program"]
         names = ["weights", "bias", "threshold", "layers"]
         if p["mode"] == "rate":

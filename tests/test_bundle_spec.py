@@ -672,3 +672,34 @@ def test_v_init_memory_exists_only_in_rate_mode(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(SpecError, match=r"manifest\.json: memories"):
         read_spec_bundle(copy)
+
+
+@pytest.mark.parametrize("case", ["L15-per-layer", "rate-srp-T4-tau2"])
+def test_a_non_minimal_input_t_decodes_and_runs_the_same(case, tmp_path, images):
+    """Section 2.2: any input.t with max_level <= 2^t - 1 is valid; the extra planes are 0."""
+    import copy
+
+    from bitspike.sw.program import InputSpec
+
+    program = _program(*CASES[case])
+    wider = copy.deepcopy(program)
+    t = program.input.t + 2
+    wider.input = InputSpec(program.input.shape, program.input.max_level, t)
+    wider.layers[0].t_in = t
+    write_bundle(wider, tmp_path / "wide")
+    man = read_spec_bundle(tmp_path / "wide")
+    assert man["program"]["input"]["t"] == t
+    assert recompute_requirements(man) == wider.requirements()
+    logits = np.stack([infer(man, img.numpy())[0] for img in images])
+    assert np.array_equal(logits, run_program(program, images).logits.numpy())
+
+
+def test_extra_sha256_entries_are_ignored(tmp_path):
+    """Section 2.6: entries of sha256 for names the bundle does not list are ignored."""
+    program = _program(*CASES["L15-per-layer"])
+    write_bundle(program, tmp_path / "b")
+    path = tmp_path / "b" / "manifest.json"
+    man = json.loads(path.read_text())
+    man["sha256"]["notes.txt"] = "0" * 64
+    path.write_text(json.dumps(man))
+    assert read_spec_bundle(tmp_path / "b")["program"] == man["program"]
