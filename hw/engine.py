@@ -19,6 +19,7 @@ The memories are initialised from the Program; the logic depends on the
 
 # No ``from __future__ import annotations``: wiring.Component reads real annotations.
 from contextlib import nullcontext
+from enum import Enum
 
 import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -33,11 +34,28 @@ from .config import EngineConfig, pack_weights
 from .lanes import AccumulateLanes, LaneCommand
 from .neuron import ApproximationStep, IntegrateFireStep
 
-__all__ = ["Engine", "EngineUnsupported"]
+__all__ = ["Engine", "EngineFault", "EngineUnsupported"]
 
 
 class EngineUnsupported(BitspikeError):
     """The Program uses a layer sequence this engine does not run."""
+
+
+class EngineFault(Enum):
+    """Deliberate bugs, for tests only: each proves that a bench catches a broken engine.
+
+    An engine built with a fault is wrong on purpose; nothing outside the tests builds one.
+    """
+
+    NONE = "none"
+    #: Horner off by one: a plane change shifts the accumulator one place too far.
+    HORNER_SHIFT = "horner-shift"
+    #: The walker skips the last event of every list holding two or more.
+    DROP_EVENT = "drop-event"
+    #: Successive approximation compares ``u > thr`` instead of ``u >= thr``.
+    FIRE_STRICT = "fire-strict"
+    #: The reported cycle count is one too high.
+    CYCLE_COUNT = "cycle-count"
 
 
 def _bits(n: int) -> int:
@@ -78,6 +96,8 @@ class Engine(wiring.Component):
         A bit-serial or rate Program; it initialises the memories and the layer table.
     trace : bool
         Add the ``o_trace`` stream.
+    fault : EngineFault
+        Tests only: build the engine with a deliberate bug (:class:`EngineFault`).
 
     Members
     -------
@@ -106,7 +126,12 @@ class Engine(wiring.Component):
         When the Program does not fit the configuration (names each shortfall).
     """
 
-    def __init__(self, *, config: EngineConfig, program: Program, trace: bool = False):
+    def __init__(self, *, config: EngineConfig, program: Program, trace: bool = False,
+                 fault: EngineFault = EngineFault.NONE):
+        if not isinstance(fault, EngineFault):
+            self._MustUse__silence = True
+            raise TypeError(f"fault must be an EngineFault, not {fault!r}")
+        self._fault = fault
         if not isinstance(config, EngineConfig):
             raise TypeError(f"config must be an EngineConfig, not {config!r}")
         if not isinstance(program, Program):
@@ -374,7 +399,8 @@ class Engine(wiring.Component):
         m.d.comb += [kk.eq(Mux(begun, k, 0)), rd_t.eq(cur_t), rd_y.eq(iy[:hb]),
                      rd_x.eq(ix[:wb])]
         more_here = Signal()
-        m.d.comb += more_here.eq(kk + 1 < count_in)
+        skip = 1 if self._fault is EngineFault.DROP_EVENT else 0
+        m.d.comb += more_here.eq(kk + 1 + skip < count_in)
         seg_end = Signal()
         m.d.comb += seg_end.eq(~has | (~more_here & ~next_valid))
         tap_bases = [Signal.like(op0.tap_base, name=f"tap_base{i}") for i in range(TAPS)]
@@ -494,7 +520,9 @@ class Engine(wiring.Component):
                 m.d.comb += go.eq(~seg_end | room)
                 with m.If(go):
                     m.d.comb += [op0.valid.eq(1), op0.last.eq(seg_end),
-                                 op0.shift.eq(cur_t - prev_t),
+                                 op0.shift.eq(cur_t - prev_t + (
+                                     (cur_t != prev_t) if self._fault is EngineFault.HORNER_SHIFT
+                                     else 0)),
                                  op0.tap_base.eq(Array(tap_bases)[cur_tap]),
                                  op0.meta.eq(meta),
                                  op0.cmd.eq(Mux(~has, LaneCommand.CLEAR,
@@ -526,7 +554,8 @@ class Engine(wiring.Component):
             with m.State("Result"):
                 m.d.comb += [in_result.eq(1), self.o_result.valid.eq(1),
                              self.o_result.p.klass.eq(best_idx),
-                             self.o_result.p.cycles.eq(cycles)]
+                             self.o_result.p.cycles.eq(
+                                 cycles + (self._fault is EngineFault.CYCLE_COUNT))]
                 with m.If(self.o_result.ready):
                     m.d.sync += [layer.eq(0), src.eq(0), have_best.eq(0), cycles.eq(0),
                                  started.eq(0), clear_row.eq(0)]
@@ -755,7 +784,9 @@ class Engine(wiring.Component):
             if has_bs:
                 with m.State("Approximate"):  # u >= D << (T - t): emit 1 and subtract
                     for p in range(P):
-                        m.d.comb += [approximate[p].u.eq(u[p]), approximate[p].thr.eq(thr[p])]
+                        strict = self._fault is EngineFault.FIRE_STRICT  # u >= thr + 1
+                        m.d.comb += [approximate[p].u.eq(u[p]),
+                                     approximate[p].thr.eq(thr[p] + strict)]
                         m.d.sync += [u[p].eq(approximate[p].u_next), thr[p].eq(thr[p] >> 1),
                                      level[p].eq(Cat(approximate[p].fire, level[p]))]
                     m.d.sync += step.eq(step + 1)
