@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import BitspikeError
 
 DEFAULT_DEMO_DIR = "out/demo"
+DEFAULT_LANES = 8  # engine lanes P of `eval --outputs` (the same default as `rtl --lanes`)
 
 
 def _emit(args, result: dict, text: str) -> None:
@@ -154,10 +155,19 @@ def _format_eval(report, source: str) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import compare_float_int, dataset_for, evaluate_program
+    from .evaluate import (
+        check_outputs_path,
+        compare_float_int,
+        dataset_for,
+        evaluate_program,
+        reference_outputs,
+        write_outputs,
+    )
     from .images import read_bundle
 
     target = Path(args.target)
+    if args.outputs:
+        check_outputs_path(args.outputs)  # before any work
     if target.is_dir():
         if args.backend == "float":
             raise BitspikeError(f"{target} is a Program bundle: it holds only integers; pass the "
@@ -174,8 +184,15 @@ def cmd_eval(args) -> int:
               "accuracy": (report.float_snn_accuracy if report.float_snn_accuracy is not None
                            else report.float_accuracy) if args.backend == "float"
               else report.int_accuracy, **report.to_dict()}
-    _emit(args, result, _format_eval(report, f"{target} ({program.method}, latency "
-                                             f"{program.latency})"))
+    text = _format_eval(report, f"{target} ({program.method}, latency {program.latency})")
+    if args.outputs:
+        outputs = reference_outputs(program, dataset_for(program.meta), lanes=args.lanes)
+        path = write_outputs(args.outputs, outputs)
+        result["outputs"] = {"file": str(path), "images": len(outputs["index"]),
+                             "lanes": args.lanes}
+        text += (f"\nwrote {path}: per test image index, label, class, logits, engine cycles "
+                 f"(P = {args.lanes}) and input levels")
+    _emit(args, result, text)
     return 0
 
 
@@ -400,10 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="accuracy of the float ANN and the integer model",
                         description="Accuracy on the test split recorded in the metadata. A "
                                     "checkpoint is converted on the fly and compared layer by "
-                                    "layer with its integer model.")
+                                    "layer with its integer model. --outputs writes the "
+                                    "reference results a testbench compares against.")
     sp.add_argument("target", help="checkpoint file or Program bundle folder")
     sp.add_argument("--backend", choices=("float", "int"), default="int",
                     help="whose accuracy is the headline 'accuracy' (default: int)")
+    sp.add_argument("--outputs", default=None, metavar="FILE",
+                    help="also write the integer model's per-image reference results (index, "
+                         "label, class, logits, engine cycles, input levels) to FILE, .npz or "
+                         ".csv")
+    sp.add_argument("--lanes", type=int, default=DEFAULT_LANES, metavar="P",
+                    help=f"engine lanes for the --outputs cycle counts (default: {DEFAULT_LANES}, "
+                         "as for rtl)")
     width_args(sp)
     common(sp)
     sp.set_defaults(func=cmd_eval)

@@ -72,6 +72,7 @@ class DatasetSplit:
     normalization: Normalization
     split_seed: int
     classes: int
+    test_index: torch.Tensor | None = None  # (N_test,) position of each test image in the dataset
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -84,7 +85,11 @@ class DatasetSplit:
 
 
 def load_dataset(name: str, *, split_seed: int = 0, test_fraction: float = 0.2) -> DatasetSplit:
-    """Load ``name`` with a deterministic stratified split.
+    """Load ``name`` with a deterministic stratified split (docs/memory-images.md section 10).
+
+    The split is scikit-learn's ``train_test_split(..., test_size=test_fraction,
+    random_state=split_seed, stratify=labels)``; ``test_index`` records where each test image sits
+    in the dataset's own order, so that the split can be reproduced without scikit-learn.
 
     Raises
     ------
@@ -100,10 +105,13 @@ def load_dataset(name: str, *, split_seed: int = 0, test_fraction: float = 0.2) 
     bunch = load_digits()
     levels = bunch.images.astype(np.int64)[:, None, :, :]  # (1797, 1, 8, 8), levels 0..16
     labels = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(levels, labels, test_size=test_fraction,
-                                              random_state=split_seed, stratify=labels)
+    # The index array rides along: the permutation depends only on the labels and split_seed.
+    x_tr, x_te, y_tr, y_te, _, i_te = train_test_split(
+        levels, labels, np.arange(len(labels)), test_size=test_fraction,
+        random_state=split_seed, stratify=labels)
     # Scale-only normalization (mean 0) from the training split: see Normalization.
     std = float((x_tr / 16.0).std())
     norm = Normalization(16, (0.0,), (round(std, 6),))
     return DatasetSplit("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr),
-                        torch.from_numpy(x_te), torch.from_numpy(y_te), norm, split_seed, 10)
+                        torch.from_numpy(x_te), torch.from_numpy(y_te), norm, split_seed, 10,
+                        torch.from_numpy(i_te))

@@ -7,8 +7,11 @@ fraction of neurons whose level differs, so it is reported, never hidden.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -144,3 +147,74 @@ def compare_float_int(model: nn.Module, program: Program, data: DatasetSplit, *,
                                            float(diff.double().mean()), int(diff.max())))
         prev = ref.reshape(int_levels.shape)
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# per-image reference results for testbenches outside Python (docs/memory-images.md section 10)
+
+OUTPUT_SUFFIXES = (".npz", ".csv")
+
+
+def check_outputs_path(path) -> Path:
+    """``path`` as a Path, if its suffix names a format :func:`write_outputs` writes."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise BitspikeError(f"--outputs {path}: the file name must end in .npz (numpy arrays) or "
+                            ".csv (one row per image), not {path.suffix or 'no suffix'!r}")
+    return path
+
+
+@torch.no_grad()
+def reference_outputs(program: Program, data: DatasetSplit, *, lanes: int) -> dict[str, np.ndarray]:
+    """Per test image: index, dataset_index, label, class, logits, cycles and the input levels.
+
+    ``cycles`` is :func:`bitspike.sw.cycles.engine_cycles` for the engine with ``lanes`` lanes
+    (exact for every Program the engine runs); ``inputs`` are the pixel levels fed to the engine.
+    """
+    from .cycles import PlanError, engine_cycles, layer_plan
+
+    try:
+        layer_plan(program, lanes)
+    except PlanError as e:
+        raise BitspikeError(f"the engine does not run this Program, so there are no cycle counts "
+                            f"to write: {e}") from None
+    x = data.x_test
+    result = run_program(program, x)
+    n = len(x)
+    index = np.arange(n, dtype=np.int64)
+    dataset_index = (data.test_index.numpy().astype(np.int64) if data.test_index is not None
+                     else np.full(n, -1, dtype=np.int64))
+    cycles = np.array([engine_cycles(program, result, i, lanes=lanes).total for i in range(n)],
+                      dtype=np.int64)
+    return {"index": index, "dataset_index": dataset_index,
+            "label": data.y_test.numpy().astype(np.int64),
+            "class": result.classes.numpy().astype(np.int64),
+            "logits": result.logits.numpy().astype(np.int64).reshape(n, -1),
+            "cycles": cycles, "inputs": x.numpy().astype(np.int64),
+            "lanes": np.int64(lanes)}
+
+
+def write_outputs(path, outputs: dict[str, np.ndarray]) -> Path:
+    """Write :func:`reference_outputs` as ``.npz`` (the arrays) or ``.csv`` (one row per image).
+
+    CSV columns: ``index,label,class,cycles,logit0..logit{K-1},dataset_index,input0..input{M-1}``
+    (the input levels flattened in (C, H, W) order), decimal integers, a header line, LF endings.
+    """
+    path = check_outputs_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".npz":
+        with path.open("wb") as f:  # np.savez would append .npz to a name that ends in .NPZ
+            np.savez(f, **outputs)
+        return path
+    logits, inputs = outputs["logits"], outputs["inputs"].reshape(len(outputs["index"]), -1)
+    header = (["index", "label", "class", "cycles"]
+              + [f"logit{k}" for k in range(logits.shape[1])] + ["dataset_index"]
+              + [f"input{j}" for j in range(inputs.shape[1])])
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        for i in range(len(outputs["index"])):
+            writer.writerow([int(outputs[k][i]) for k in ("index", "label", "class", "cycles")]
+                            + logits[i].tolist() + [int(outputs["dataset_index"][i])]
+                            + inputs[i].tolist())
+    return path
