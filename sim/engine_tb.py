@@ -165,6 +165,8 @@ class ReferenceModel:
 
         from bitspike.sim.reference import expected_results
 
+        torch.set_num_threads(1)
+
         self.expected = expected_results(program, torch.from_numpy(images), lanes=lanes,
                                          trace=trace)
 

@@ -14,11 +14,20 @@ from hypothesis import strategies as st
 from bitspike.hw.config import EngineConfig, EngineFitError
 from bitspike.hw.engine import Engine, EngineUnsupported
 from bitspike.sim.engine_sim import run_engine
+from bitspike.sim.reference import golden_trace
 from bitspike.sw.convert import convert_model
 from bitspike.sw.cycles import engine_cycles
 from bitspike.sw.golden import run_program
 from bitspike.sw.models import build_model
 from bitspike.sw.program import InputSpec, Layer, Program
+
+from .programs import (
+    dense_chain,
+    draw_images,
+    random_conv_program,
+    random_dense_program,
+    random_rate_program,
+)
 
 WAVES = os.environ.get("WAVES") == "1"
 
@@ -74,95 +83,18 @@ def test_reset_mid_inference_then_correct_results(mlp, digits):
     assert len(got) == 2
 
 
-def _draw_images(draw, program: Program, count: int) -> torch.Tensor:
-    """``count`` random input images of ``program`` (levels 0..max_level)."""
-    n = int(np.prod(program.input.shape))
-    levels = draw(st.lists(st.integers(0, program.input.max_level), min_size=count * n,
-                           max_size=count * n))
-    return torch.tensor(levels).view(count, *program.input.shape)
-
-
-def _random_dense_program(draw) -> Program:
-    weight_bits = draw(st.sampled_from([2, 4, 8]))
-    qmax = 2 ** (weight_bits - 1) - 1
-    n_in = draw(st.integers(1, 12))
-    t_in = draw(st.integers(1, 5))
-    sizes = [n_in] + draw(st.lists(st.integers(1, 11), min_size=0, max_size=2)) + [
-        draw(st.integers(1, 6))]
-    layers, prev_t = [], t_in
-    for i in range(len(sizes) - 1):
-        last = i == len(sizes) - 2
-        n, m = sizes[i], sizes[i + 1]
-        w = np.asarray(draw(st.lists(st.integers(-qmax, qmax), min_size=n * m,
-                                     max_size=n * m))).reshape(m, n)
-        b = np.asarray(draw(st.lists(st.integers(-300, 300), min_size=m, max_size=m)))
-        if last:
-            layers.append(Layer(f"out{i}", "dense", (n,), (m,), prev_t, 0, 0, False,
-                                weights=w, bias=b))
-        else:
-            t_out = draw(st.integers(1, 5))
-            levels = draw(st.integers(1, 2**t_out - 1))
-            d = np.asarray(draw(st.lists(st.integers(1, 60), min_size=m, max_size=m)))
-            layers.append(Layer(f"fc{i}", "dense", (n,), (m,), prev_t, t_out, levels, True,
-                                weights=w, bias=b, threshold=d))
-            prev_t = t_out
-    hidden = [lay.t_out for lay in layers if lay.fires]
-    program = Program("bitserial", InputSpec((n_in,), 2**t_in - 1, t_in), layers, weight_bits,
-                      t_steps=max(hidden, default=0))
-    program.validate()
-    return program
-
-
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), lanes=st.sampled_from([1, 3, 4]))
 def test_random_dense_programs(data, lanes):
-    program = _random_dense_program(data.draw)
-    check(program, _draw_images(data.draw, program, 3), lanes)
-
-
-def _random_conv_program(draw) -> Program:
-    """conv3x3 [+ sumpool2x2] [+ conv3x3 [+ sumpool2x2]] + dense output, random integers."""
-    weight_bits = draw(st.sampled_from([3, 8]))
-    qmax = 2 ** (weight_bits - 1) - 1
-    c, h = draw(st.integers(1, 2)), draw(st.sampled_from([2, 4]))
-    t_in = draw(st.integers(1, 4))
-    shape, prev_t, prev_levels = (c, h, h), t_in, 2**t_in - 1
-    layers = []
-
-    def ints(n, lo, hi):
-        return np.asarray(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)))
-
-    for i in range(draw(st.integers(1, 2))):
-        c_out = draw(st.integers(1, 5))
-        t_out = draw(st.integers(1, 3))
-        levels = draw(st.integers(1, 2**t_out - 1))
-        layers.append(Layer(f"conv{i}", "conv3x3", shape, (c_out, shape[1], shape[2]), prev_t,
-                            t_out, levels, True,
-                            weights=ints(c_out * shape[0] * 9, -qmax, qmax).reshape(
-                                c_out, shape[0], 3, 3),
-                            bias=ints(c_out, -200, 200), threshold=ints(c_out, 1, 50)))
-        shape, prev_t, prev_levels = (c_out, shape[1], shape[2]), t_out, levels
-        if shape[1] % 2 == 0 and draw(st.booleans()):
-            out = (shape[0], shape[1] // 2, shape[2] // 2)
-            layers.append(Layer(f"pool{i}", "sumpool2x2", shape, out, prev_t, prev_t + 2,
-                                4 * prev_levels, True))
-            shape, prev_t, prev_levels = out, prev_t + 2, 4 * prev_levels
-    n_in, classes = int(np.prod(shape)), draw(st.integers(1, 5))
-    layers.append(Layer("out", "dense", shape, (classes,), prev_t, 0, 0, False,
-                        weights=ints(classes * n_in, -qmax, qmax).reshape(classes, n_in),
-                        bias=ints(classes, -300, 300)))
-    hidden = [lay.t_out for lay in layers if lay.fires and lay.kind != "sumpool2x2"]
-    program = Program("bitserial", InputSpec((c, h, h), 2**t_in - 1, t_in), layers,
-                      weight_bits, t_steps=max(hidden))
-    program.validate()
-    return program
+    program = random_dense_program(data.draw)
+    check(program, draw_images(data.draw, program, 3), lanes)
 
 
 @settings(max_examples=20, deadline=None)
 @given(data=st.data(), lanes=st.sampled_from([1, 2, 4]))
 def test_random_conv_pool_programs(data, lanes):
-    program = _random_conv_program(data.draw)
-    check(program, _draw_images(data.draw, program, 2), lanes)
+    program = random_conv_program(data.draw)
+    check(program, draw_images(data.draw, program, 2), lanes)
 
 
 @pytest.mark.slow
@@ -203,56 +135,6 @@ def test_verilog_has_no_multiplier(mlp):
     assert " * " not in text  # no multiplication anywhere
 
 
-def _golden_trace(program: Program, golden, n: int, lanes: int) -> list[dict]:
-    """The trace records the engine must emit for image ``n`` (same order and contents).
-
-    Walk order per executed layer (sw/cycles.layer_plan): window, group, position in the window
-    (4 for a fused pool), then the rate steps.
-    """
-    from bitspike.sw.cycles import layer_plan
-
-    def grid(x):
-        return x if x.dim() == 3 else x.view(-1, 1, 1)
-
-    def lane_values(x, oy, ox, c0):
-        return [int(x[c, oy, ox]) if c < x.shape[0] else 0 for c in range(c0, c0 + lanes)]
-
-    rate = program.mode == "rate"
-    records = []
-    for row in layer_plan(program, lanes):
-        li = row["index"]
-        lay = program.layers[li]
-        for wy in range(row["win_h"]):
-            for wx in range(row["win_w"]):
-                for g, c0 in enumerate(range(0, row["c_out"], lanes)):
-                    for q in range(row["quads"]):
-                        oy, ox = (2 * wy + q // 2, 2 * wx + q % 2) if row["pool"] else (wy, wx)
-                        where = {"layer": li, "oy": oy, "ox": ox, "group": g}
-                        if not lay.fires:
-                            logits = grid(golden.logits[n])
-                            records.append({"kind": 0, **where, "step": 0,
-                                            "values": lane_values(logits, oy, ox, c0)})
-                        elif not rate:
-                            u0 = golden.accumulators[li][n][-1] + torch.from_numpy(
-                                lay.bias).view(-1, *[1] * (golden.accumulators[li][n].dim() - 2))
-                            records.append({"kind": 0, **where, "step": 0,
-                                            "values": lane_values(grid(u0), oy, ox, c0)})
-                            records.append({"kind": 1, **where, "step": 0, "values": lane_values(
-                                grid(golden.levels[li][n]), oy, ox, c0)})
-                            if row["pool"] and q == 3:
-                                records.append({
-                                    "kind": 1, "layer": li + 1, "oy": wy, "ox": wx, "group": g,
-                                    "step": 0, "values": lane_values(
-                                        grid(golden.levels[li + 1][n]), wy, wx, c0)})
-                        else:
-                            for t in range(program.rate_steps):
-                                for kind, x in ((0, golden.accumulators[li][n][t]),
-                                                (1, golden.spikes[li][n][t])):
-                                    records.append({"kind": kind, **where, "step": t,
-                                                    "values": lane_values(grid(x), oy, ox, c0)})
-    return records
-
-
 def _check_trace(program: Program, images: torch.Tensor, lanes: int, **kw) -> None:
     dut = Engine(config=EngineConfig.for_program(program, lanes=lanes), program=program,
                  trace=True)
@@ -261,7 +143,7 @@ def _check_trace(program: Program, images: torch.Tensor, lanes: int, **kw) -> No
     for n, (logits, klass, cycles, records) in enumerate(got):
         assert [v for _, v in logits] == golden.logits[n].tolist()
         assert klass == int(golden.classes[n])
-        expected = _golden_trace(program, golden, n, lanes)
+        expected = golden_trace(program, golden, n, lanes)
         assert [{k: v for k, v in r.items() if k != "cycles"} for r in records] == expected
         stamps = [r["cycles"] for r in records]
         assert stamps == sorted(stamps) and stamps[-1] < cycles
@@ -280,8 +162,8 @@ def test_trace_under_back_pressure(mlp, digits):
 @settings(max_examples=8, deadline=None)
 @given(data=st.data(), lanes=st.sampled_from([1, 3]))
 def test_trace_of_random_conv_pool_programs(data, lanes):
-    program = _random_conv_program(data.draw)
-    _check_trace(program, _draw_images(data.draw, program, 1), lanes)
+    program = random_conv_program(data.draw)
+    _check_trace(program, draw_images(data.draw, program, 1), lanes)
 
 
 def test_no_trace_port_unless_asked(mlp):
@@ -309,73 +191,21 @@ def test_input_larger_than_every_weight_block():
 # ------------------------------------------------------------------ rate-coded IF mode
 
 
-def _random_rate_program(draw) -> Program:
-    """Random rate Program: [conv3x3 [+ pool]] or dense hidden layers, then a dense output;
-    qcfs (tau = 0) or srp (tau >= 1) with random thresholds and initial potentials."""
-    weight_bits = draw(st.sampled_from([3, 6]))
-    qmax = 2 ** (weight_bits - 1) - 1
-    t_steps, tau = draw(st.integers(1, 4)), draw(st.integers(0, 2))
-    steps = t_steps + tau
-    t_in = draw(st.integers(1, 3))
-
-    def ints(n, lo, hi):
-        return np.asarray(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)))
-
-    layers = []
-    if draw(st.booleans()):  # conv [+ pool]
-        c, h = draw(st.integers(1, 2)), draw(st.sampled_from([2, 4]))
-        shape = (c, h, h)
-        c_out = draw(st.integers(1, 5))
-        theta = ints(c_out, 1, 60)
-        layers.append(Layer("conv0", "conv3x3", shape, (c_out, h, h), t_in, steps, 1, True,
-                            weights=ints(c_out * c * 9, -qmax, qmax).reshape(c_out, c, 3, 3),
-                            bias=ints(c_out, -20, 20), threshold=theta,
-                            v_init=ints(c_out, 0, 30)))
-        out_shape = (c_out, h, h)
-        if draw(st.booleans()):
-            pooled = (c_out, h // 2, h // 2)
-            layers.append(Layer("pool0", "sumpool2x2", out_shape, pooled, steps, steps, 4,
-                                True))
-            out_shape = pooled
-        input_shape, in_t = shape, t_in
-    else:
-        n_in = draw(st.integers(1, 10))
-        input_shape, out_shape, in_t = (n_in,), (n_in,), t_in
-        layers_before = draw(st.integers(0, 2))
-        prev = n_in
-        for i in range(layers_before):
-            m = draw(st.integers(1, 9))
-            layers.append(Layer(f"fc{i}", "dense", (prev,), (m,), t_in if i == 0 else steps,
-                                steps, 1, True, weights=ints(m * prev, -qmax, qmax).reshape(
-                                    m, prev), bias=ints(m, -20, 20), threshold=ints(m, 1, 60),
-                                v_init=ints(m, -10, 30)))
-            prev = m
-            out_shape = (m,)
-    n_in, classes = int(np.prod(out_shape)), draw(st.integers(1, 5))
-    layers.append(Layer("out", "dense", out_shape, (classes,), steps if layers else in_t, 0, 0,
-                        False, weights=ints(classes * n_in, -qmax, qmax).reshape(classes, n_in),
-                        bias=ints(classes, -30, 30)))
-    program = Program("rate", InputSpec(input_shape, 2**in_t - 1, in_t), layers, weight_bits,
-                      method="srp" if tau else "qcfs", t_steps=t_steps, tau=tau)
-    program.validate()
-    return program
-
-
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), lanes=st.sampled_from([1, 2, 4]))
 def test_random_rate_programs(data, lanes):
     """Rate-coded IF (qcfs and srp) on random dense and conv+pool Programs: logits, class and
     cycles equal the golden model's."""
-    program = _random_rate_program(data.draw)
-    check(program, _draw_images(data.draw, program, 2), lanes)
+    program = random_rate_program(data.draw)
+    check(program, draw_images(data.draw, program, 2), lanes)
 
 
 @settings(max_examples=8, deadline=None)
 @given(data=st.data(), lanes=st.sampled_from([1, 3]))
 def test_trace_of_random_rate_programs(data, lanes):
     """Every step's potentials and spikes (after SRP's mask) against the golden model."""
-    program = _random_rate_program(data.draw)
-    _check_trace(program, _draw_images(data.draw, program, 1), lanes)
+    program = random_rate_program(data.draw)
+    _check_trace(program, draw_images(data.draw, program, 1), lanes)
 
 
 @pytest.fixture(scope="module")
@@ -412,27 +242,12 @@ def test_rate_reset_mid_inference_then_correct_results(rate_mlp, digits):
     check(rate_mlp, digits.x_test[:2], 8, reset_after=150)
 
 
-def _dense_chain(t_in: int, t_hidden: int, bias: int, seed: int) -> Program:
-    """8 inputs -> 20 hidden (T = t_hidden, L = 2^T - 1) -> 3 outputs, fixed random weights."""
-    rng = np.random.default_rng(seed)
-    levels = 2**t_hidden - 1
-    layers = [Layer("fc0", "dense", (8,), (20,), t_in, t_hidden, levels, True,
-                    weights=rng.integers(-7, 8, (20, 8)), bias=np.full(20, bias),
-                    threshold=rng.integers(1, 9, 20)),
-              Layer("out", "dense", (20,), (3,), t_hidden, 0, 0, False,
-                    weights=rng.integers(-7, 8, (3, 20)), bias=np.array([5, -5, 0]))]
-    program = Program("bitserial", InputSpec((8,), 2**t_in - 1, t_in), layers, 4,
-                      t_steps=t_hidden)
-    program.validate()
-    return program
-
-
 @pytest.mark.parametrize("t_in, t_hidden", [(1, 1), (8, 8), (1, 8), (8, 1)])
 @pytest.mark.parametrize("lanes", [1, 20, 32])
 def test_one_and_max_time_steps_with_one_and_many_lanes(t_in, t_hidden, lanes):
     """T = 1 and T = 8 (the widest here) on input and hidden layer, with a single lane, one
     lane per hidden neuron, and more lanes than neurons."""
-    program = _dense_chain(t_in, t_hidden, bias=3, seed=t_in * 10 + t_hidden)
+    program = dense_chain(t_in, t_hidden, bias=3, seed=t_in * 10 + t_hidden)
     rng = np.random.default_rng(lanes)
     images = torch.from_numpy(rng.integers(0, 2**t_in, (2, 8)))
     images[1] = 2**t_in - 1  # saturating
@@ -442,7 +257,7 @@ def test_one_and_max_time_steps_with_one_and_many_lanes(t_in, t_hidden, lanes):
 def test_negative_potentials_fire_nothing_and_are_traced():
     """A large negative bias drives every hidden potential below zero: level 0, no events for
     the output layer (its logits are its bias), and the trace shows the negative u0."""
-    program = _dense_chain(4, 3, bias=-10_000, seed=1)
+    program = dense_chain(4, 3, bias=-10_000, seed=1)
     images = torch.full((1, 8), 15, dtype=torch.int64)
     golden = run_program(program, images, trace=True)
     assert int(golden.levels[0].max()) == 0
@@ -471,7 +286,6 @@ def test_rate_verilog_has_no_multiplier(rate_mlp):
     dut = Engine(config=EngineConfig.for_program(rate_mlp, lanes=4), program=rate_mlp)
     text = verilog.convert(dut, name="bitspike_engine", emit_src=False)
     assert "module bitspike_engine" in text and " * " not in text
-
 
 
 # ------------------------------------------------------------------ one engine, many Programs
@@ -523,7 +337,7 @@ def test_one_config_one_logic_for_every_program_that_fits():
     """The engine is not regenerated per network. For one config, a bit-serial dense
     chain, a bit-serial conv+pool network and a rate (srp) network give the same Verilog except
     for the memories' initial contents, and each runs exactly on it."""
-    programs = [_dense_chain(3, 2, bias=1, seed=4), _conv_pool_program(), _rate_dense_program()]
+    programs = [dense_chain(3, 2, bias=1, seed=4), _conv_pool_program(), _rate_dense_program()]
     config = _shared_config(programs, lanes=3)
     assert config.modes == ("bitserial", "rate")
     texts = {_masked_memories(verilog.convert(Engine(config=config, program=p),
