@@ -207,11 +207,14 @@ class Scoreboard:
         self.classes.append(res["klass"])
         self.cycles.append(res["cycles"])
         before = self.mismatches
+        # in the order the engine emits them: the trace (layer by layer) precedes the logits,
+        # so the first report is the earliest difference, nearest its cause
+        self._check_trace(n, trace, exp.trace)
         want = list(range(len(exp.logits)))
-        if [item["index"] for _, item in logits] != want:
-            got = [item["index"] for _, item in logits]
+        got = [item["index"] for _, item in logits]
+        if self.mismatches == before and got != want:
             self.fail(n, at, f"o_logits carried indices {got}, expected {want}")
-        else:
+        elif self.mismatches == before:
             for (t, item), value in zip(logits, exp.logits, strict=True):
                 if item["value"] != value:
                     self.fail(n, t, f"logit {item['index']}: expected {value}, "
@@ -219,8 +222,6 @@ class Scoreboard:
                     break
         if self.mismatches == before and res["klass"] != exp.klass:
             self.fail(n, at, f"class: expected {exp.klass}, got {res['klass']}")
-        if self.mismatches == before:
-            self._check_trace(n, trace, exp.trace)
         if self.mismatches == before and self._check_cycles:
             if res["cycles"] != exp.cycles + stalls:
                 extra = f" + {stalls} input idle cycles" if stalls else ""

@@ -365,6 +365,11 @@ def run(engine, program, images, job: SimJob, *, simulator: str | Simulator | No
     images = np.asarray(images)
     if images.ndim < 2 or len(images) == 0:
         raise SimError("no images to simulate")
+    import torch
+
+    from bitspike.sw.golden import check_input
+
+    check_input(program, torch.from_numpy(images.astype(np.int64)))  # before any build
     built = build(engine_verilog(engine), simulator=sim, waves=waves is not None, root=root)
     run_name = f"{os.getpid()}-{threading.get_ident()}"
     folder = Path(work) if work is not None else built.directory / "runs" / run_name
@@ -440,6 +445,11 @@ def run_engine_rtl(program, images, *, lanes: int, trace: bool = False, fault=No
     from bitspike.hw.config import EngineConfig
     from bitspike.hw.engine import Engine
 
+    import torch
+
+    from bitspike.sw.golden import check_input
+
+    check_input(program, torch.from_numpy(np.asarray(images).astype(np.int64)))
     config = config or EngineConfig.for_program(program, lanes=lanes)
     kw = {} if fault is None else {"fault": fault}
     engine = Engine(config=config, program=program, trace=trace, **kw)

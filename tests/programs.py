@@ -152,3 +152,16 @@ def dense_chain(t_in: int, t_hidden: int, bias: int, seed: int) -> Program:
                       t_steps=t_hidden)
     program.validate()
     return program
+
+
+def conv_pool_program() -> Program:
+    rng = np.random.default_rng(5)
+    layers = [Layer("conv0", "conv3x3", (2, 4, 4), (3, 4, 4), 2, 2, 3, True,
+                    weights=rng.integers(-3, 4, (3, 2, 3, 3)), bias=rng.integers(-9, 9, 3),
+                    threshold=rng.integers(1, 6, 3)),
+              Layer("pool0", "sumpool2x2", (3, 4, 4), (3, 2, 2), 2, 4, 12, True),
+              Layer("out", "dense", (3, 2, 2), (4,), 4, 0, 0, False,
+                    weights=rng.integers(-3, 4, (4, 12)), bias=rng.integers(-9, 9, 4))]
+    program = Program("bitserial", InputSpec((2, 4, 4), 3, 2), layers, 3, t_steps=2)
+    program.validate()
+    return program

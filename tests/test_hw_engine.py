@@ -22,6 +22,7 @@ from bitspike.sw.models import build_model
 from bitspike.sw.program import InputSpec, Layer, Program
 
 from .programs import (
+    conv_pool_program,
     dense_chain,
     draw_images,
     random_conv_program,
@@ -301,19 +302,6 @@ def _shared_config(programs, lanes: int) -> EngineConfig:
     return EngineConfig(**fields, modes=modes)
 
 
-def _conv_pool_program() -> Program:
-    rng = np.random.default_rng(5)
-    layers = [Layer("conv0", "conv3x3", (2, 4, 4), (3, 4, 4), 2, 2, 3, True,
-                    weights=rng.integers(-3, 4, (3, 2, 3, 3)), bias=rng.integers(-9, 9, 3),
-                    threshold=rng.integers(1, 6, 3)),
-              Layer("pool0", "sumpool2x2", (3, 4, 4), (3, 2, 2), 2, 4, 12, True),
-              Layer("out", "dense", (3, 2, 2), (4,), 4, 0, 0, False,
-                    weights=rng.integers(-3, 4, (4, 12)), bias=rng.integers(-9, 9, 4))]
-    program = Program("bitserial", InputSpec((2, 4, 4), 3, 2), layers, 3, t_steps=2)
-    program.validate()
-    return program
-
-
 def _rate_dense_program() -> Program:
     rng = np.random.default_rng(6)
     layers = [Layer("fc0", "dense", (8,), (6,), 2, 3, 1, True, weights=rng.integers(-3, 4, (6, 8)),
@@ -337,7 +325,7 @@ def test_one_config_one_logic_for_every_program_that_fits():
     """The engine is not regenerated per network. For one config, a bit-serial dense
     chain, a bit-serial conv+pool network and a rate (srp) network give the same Verilog except
     for the memories' initial contents, and each runs exactly on it."""
-    programs = [dense_chain(3, 2, bias=1, seed=4), _conv_pool_program(), _rate_dense_program()]
+    programs = [dense_chain(3, 2, bias=1, seed=4), conv_pool_program(), _rate_dense_program()]
     config = _shared_config(programs, lanes=3)
     assert config.modes == ("bitserial", "rate")
     texts = {_masked_memories(verilog.convert(Engine(config=config, program=p),
