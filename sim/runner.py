@@ -21,6 +21,7 @@ Verilator. Waveforms are written only on request: FST from Verilator, VCD from I
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -240,7 +241,9 @@ def build(verilog_text: str, *, simulator: str | Simulator | None = None, waves:
     directory = (Path(root) / f"{sim.value}-{digest}").resolve()
     stamp = directory / "bitspike-build.json"
     start = time.perf_counter()
-    with _BUILD_LOCK:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with _BUILD_LOCK, open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same design: wait
         if stamp.is_file():
             return Build(sim, directory, digest, waves, True, time.perf_counter() - start)
         if directory.exists():  # an interrupted or failed build: start clean
@@ -442,11 +445,10 @@ def run_engine_rtl(program, images, *, lanes: int, trace: bool = False, fault=No
                    simulator=None, config=None, **job_kw) -> SimReport:
     """Elaborate the engine for ``program`` (``config`` or the smallest that fits) and
     :func:`run` ``images`` through it: the one call the tests and the CLI use."""
-    from bitspike.hw.config import EngineConfig
-    from bitspike.hw.engine import Engine
-
     import torch
 
+    from bitspike.hw.config import EngineConfig
+    from bitspike.hw.engine import Engine
     from bitspike.sw.golden import check_input
 
     check_input(program, torch.from_numpy(np.asarray(images).astype(np.int64)))

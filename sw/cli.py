@@ -492,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_rtl)
 
+    from ..sim.run_cli import add_sim_command
+
+    add_sim_command(sub, common)
+
     sp = sub.add_parser("doctor", help="check the toolchain",
                         description="Report each tool, its version and whether it works.")
     sp.add_argument("--quick", action="store_true", help="skip the cocotb simulation run")
