@@ -1,8 +1,8 @@
 """Simulator speed on the engine: Verilator, Icarus and amaranth.sim in one run, with the ratios.
 
-Run: ``.venv/bin/python bench/bench_sim.py`` (about four minutes on 2 cores, the first time
-including a ~45 s Verilator build of digits-cnn; later runs reuse the build while the trained
-Program is the same). docs/benchmarks.md holds a real run.
+Run: ``.venv/bin/python bench/bench_sim.py`` (about three minutes on 2 shared cores, including
+a Verilator build of digits-cnn of about 35-45 s; a later run reuses the build when the trained
+Program, and so the Verilog, is the same). docs/benchmarks.md holds a real run.
 
 The subject is digits-cnn (bit-serial, L = 15, trained ``--epochs`` epochs with seed 0 as in
 bench_engine.py) on an engine with P = ``--lanes`` lanes, or any bundle given with
