@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_golden.py
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_sim.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis out
