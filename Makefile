@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean iverilog
 
 venv: $(STAMP)
 
@@ -21,9 +21,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/bitspike demo
 
-test: $(STAMP)
+test: $(STAMP) iverilog
 	$(BIN)/ruff check .
 	$(BIN)/pytest -W error::DeprecationWarning -W error::pytest.PytestUnraisableExceptionWarning -ra
+
+# Icarus Verilog, the second RTL simulator of the cocotb tests, is a Debian package: installed
+# here when missing (CI runs as root on a clean machine; elsewhere through sudo).
+iverilog:
+	@command -v iverilog >/dev/null 2>&1 || { \
+	  echo "installing Icarus Verilog (apt-get install iverilog) ..."; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq iverilog >/dev/null; } || { \
+	  echo "error: could not install iverilog; install it with your package manager"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_golden.py

@@ -52,12 +52,12 @@ def _decode(raw: int, fields: dict) -> dict:
     out = {}
     for name, (offset, width, signed, count) in fields.items():
         values = []
-        for i in range(count):
+        for i in range(max(count, 1)):
             v = (raw >> (offset + i * width)) & ((1 << width) - 1)
             if signed and v >> (width - 1):
                 v -= 1 << width
             values.append(v)
-        out[name] = values if count > 1 else values[0]
+        out[name] = values if count else values[0]
     return out
 
 

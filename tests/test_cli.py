@@ -90,8 +90,12 @@ def test_demo_trains_then_reuses_its_model(tmp_path, capsys):
     engine = first["engine"]  # one image through the RTL: exact logits and cycles
     assert engine["logits_equal"] and engine["klass"] == engine["golden_klass"]
     assert engine["cycles"] == engine["model_cycles"]
+    verilated = first["verilator"]  # a few images through the Verilog under Verilator
+    assert verilated["images"] == 5 and verilated["mismatches"] == 0
+    assert verilated["accuracy"] == verilated["golden_accuracy"]
     rc, out, _ = run_cli(capsys, "demo", "--out", tmp_path / "demo")
     assert rc == 0 and "cached" in out and "integer SNN" in out
+    assert "Verilator (cocotb), P = 8, 5 test images: 0 mismatches" in out
 
 
 def test_console_script_from_another_directory(tmp_path):
