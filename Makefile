@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: venv demo test lint bench clean iverilog
+.PHONY: venv demo test lint bench clean tools
 
 venv: $(STAMP)
 
@@ -21,18 +21,25 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/bitspike demo
 
-test: $(STAMP) iverilog
+test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest -W error::DeprecationWarning -W error::pytest.PytestUnraisableExceptionWarning -ra
 
-# Icarus Verilog, the second RTL simulator of the cocotb tests, is a Debian package: installed
-# here when missing (CI runs as root on a clean machine; elsewhere through sudo).
-iverilog:
-	@command -v iverilog >/dev/null 2>&1 || { \
-	  echo "installing Icarus Verilog (apt-get install iverilog) ..."; \
+# Debian packages the RTL tests need: Icarus Verilog (the second cocotb simulator) and the LZ4
+# headers (Verilator's FST waveform writer compiles against lz4.h). Installed here when missing
+# (CI runs as root on a clean machine; elsewhere through sudo).
+APT_NEEDS := iverilog:/usr/bin/iverilog liblz4-dev:/usr/include/lz4.h
+
+tools:
+	@missing=; for need in $(APT_NEEDS); do \
+	  [ -e "$${need#*:}" ] || missing="$$missing $${need%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt-get) ..."; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq iverilog >/dev/null; } || { \
-	  echo "error: could not install iverilog; install it with your package manager"; exit 1; }
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; } || { \
+	    echo "error: could not install$$missing; install it with your package manager"; \
+	    exit 1; }; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_golden.py

@@ -197,18 +197,20 @@ def _runner(simulator: Simulator):
     return PortsOnlyVerilator()
 
 
-def _hidden_pytest():
-    """cocotb's runner names its results after, and exits on, an outer pytest test: hide it."""
-    saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
+class _hidden_pytest:  # noqa: N801 - used as a context manager, named for what it does
+    """cocotb's runner names its results after, and exits on, an outer pytest test, and lets
+    ``$WAVES`` override the build's waveform setting (which the build cache keys on): hide
+    both while it runs. Waveforms are asked for with ``waves=`` (tests: ``WAVES=1``, see
+    tests/test_sim_engine.py)."""
 
-    class _Restore:
-        def __enter__(self):
-            return self
+    _HIDDEN = ("PYTEST_CURRENT_TEST", "WAVES")
 
-        def __exit__(self, *exc):
-            if saved is not None:
-                os.environ["PYTEST_CURRENT_TEST"] = saved
-    return _Restore()
+    def __enter__(self):
+        self._saved = {k: os.environ.pop(k) for k in self._HIDDEN if k in os.environ}
+        return self
+
+    def __exit__(self, *exc):
+        os.environ.update(self._saved)
 
 
 _BUILD_LOCK = threading.Lock()
@@ -237,6 +239,9 @@ def build(verilog_text: str, *, simulator: str | Simulator | None = None, waves:
     the file to read).
     """
     sim = choose_simulator(simulator)
+    if waves and sim is Simulator.VERILATOR and not Path("/usr/include/lz4.h").is_file():
+        raise SimError("Verilator's FST waveforms need the LZ4 headers (/usr/include/lz4.h): "
+                       "install them with `apt-get install liblz4-dev` (make test does this)")
     verilog_text = for_simulator(verilog_text, sim)
     apply_tool_env()
     args = BUILD_ARGS[sim] + (("--trace-fst", "--trace-structs") if waves and
@@ -391,9 +396,11 @@ def run(engine, program, images, job: SimJob, *, simulator: str | Simulator | No
         # the reference runs before the clock starts; idle OpenMP workers would then spin
         # beside the simulator on the machine's cores
         "OMP_NUM_THREADS": "1"}
-    test_args = []
+    test_args, plusargs = [], []
     if waves is not None and sim is Simulator.VERILATOR:
         test_args = ["--trace-file", str(folder / "dump.fst")]
+    elif waves is not None:  # cocotb's dump module names the file .fst; the run's is VCD
+        plusargs = [f"+dumpfile_path={folder / (TOPLEVEL + '.vcd')}"]
 
     stop = threading.Event()
 
@@ -417,6 +424,7 @@ def run(engine, program, images, job: SimJob, *, simulator: str | Simulator | No
                         build_dir=built.directory,
                         test_dir=folder, results_xml=str(folder / "results.xml"),
                         extra_env=env, waves=waves is not None, test_args=test_args,
+                        plusargs=plusargs,
                         timescale=TIMESCALE, log_file=test_log)
     except SystemExit:
         pass  # a failing test exits the runner; the report (or its absence) says why
@@ -432,12 +440,13 @@ def run(engine, program, images, job: SimJob, *, simulator: str | Simulator | No
     waves_out = None
     if waves is not None:
         produced = folder / ("dump.fst" if sim is Simulator.VERILATOR else f"{TOPLEVEL}.vcd")
-        if not produced.is_file():
-            produced = built.directory / produced.name
         if produced.is_file():
             Path(waves).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(produced, waves)
             waves_out = str(waves)
+        else:
+            raise SimError(f"{sim.value} wrote no waveform ({produced} is missing); see "
+                           f"{test_log}")
     return SimReport(simulator=sim.value, images=data["images"],
                      mismatches=data["mismatches"], first_mismatch=data["first_mismatch"],
                      classes=data["classes"], cycles=data["cycles"],

@@ -8,6 +8,10 @@ falsifying example) are printed on failure.
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -31,8 +35,18 @@ pytestmark = pytest.mark.rtl
 SIMULATORS = ["verilator", "icarus"]
 
 
+def _waves_file(simulator: str) -> str:
+    """``WAVES=1``: each case writes its waveform to build/sim/waves/<test>.<fst|vcd>."""
+    name = re.sub(r"[^\w.-]+", "_", os.environ["PYTEST_CURRENT_TEST"].split(" ")[0])
+    folder = Path("build") / "sim" / "waves"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"{name}.{'fst' if simulator == 'verilator' else 'vcd'}")
+
+
 def check_rtl(program, images, *, lanes: int, simulator: str, trace: bool = True, **kw):
     """Run ``images`` through the engine's RTL; the bench's scoreboard must find nothing."""
+    if os.environ.get("WAVES") == "1" and "waves" not in kw:
+        kw["waves"] = _waves_file(simulator)
     report = run_engine_rtl(program, np.asarray(images), lanes=lanes, simulator=simulator,
                             trace=trace, **kw)
     assert report.mismatches == 0, report.first_mismatch
@@ -145,8 +159,6 @@ _FAULTS = {
 def test_scoreboard_catches_a_broken_engine(simulator, fault):
     """A deliberately broken engine fails, and the first mismatch names where: layer, group,
     neuron, position, step, the expected and the got value (or the cycle count)."""
-    import re
-
     program = dense_chain(3, 2, bias=3, seed=1)
     rng = np.random.default_rng(0)
     images = np.concatenate([np.full((1, 8), 7), rng.integers(0, 8, (2, 8))])
