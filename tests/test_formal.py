@@ -243,6 +243,17 @@ def test_a_mutated_integrate_fire_step_fails(fault, assertion, tmp_path, record_
     assert rule != got, result.counterexample
 
 
+def test_main_proves_the_units_of_an_engine_config_json(tmp_path, capsys):
+    """python -m bitspike.sim.formal engine_config.json --every-t: one PASS line per proof."""
+    path = tmp_path / "engine_config.json"
+    path.write_text(EngineConfig.for_program(dense_chain(2, 2, bias=3, seed=1), lanes=2).to_json())
+    assert formal.main([str(path), "--work-dir", str(tmp_path / "work"), "--every-t"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["approximation_step", "PASS"], ["approximation_chain_t1", "PASS"],
+        ["approximation_chain_t2", "PASS"]]
+
+
 def test_no_solver_is_a_clear_error(monkeypatch, tmp_path):
     assert find_solver({"PATH": str(tmp_path)}) is None
     monkeypatch.setattr(formal, "tool_env", lambda: {"PATH": str(tmp_path)})
