@@ -129,6 +129,7 @@ class CpuMonitor:
 
     On a shared machine other processes steal the cores torch's threads wait on, and the figures
     become meaningless (tiny calls slow down 10-100x); this makes that visible in the report.
+    This process's finished children count as its own (bench_sim's simulators are children).
     """
 
     def __init__(self):
@@ -141,8 +142,9 @@ class CpuMonitor:
         except (OSError, ValueError):
             return None
         busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system . . irq softirq steal
-        own = os.times()
-        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.perf_counter()
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        return busy / os.sysconf("SC_CLK_TCK"), own, time.perf_counter()
 
     def other_cpus(self) -> float | None:
         """Average number of CPUs busy with other processes since construction."""

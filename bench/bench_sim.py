@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import time
@@ -42,40 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_golden import machine_facts
+from bench_golden import CpuMonitor, machine_facts
 
 SIMULATORS = ("verilator", "icarus", "amaranth.sim")
 TARGET_CYCLES_PER_S = 1_000_000
 SEED = 0
-
-
-class BusyMonitor:
-    """CPUs that *other* processes kept busy since construction (Linux ``/proc/stat``).
-
-    Unlike bench_golden's CpuMonitor this counts this process's finished children as its own:
-    the cocotb runs are simulator subprocesses.
-    """
-
-    def __init__(self):
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample():
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system . . irq softirq steal
-        t = os.times()
-        own = t.user + t.system + t.children_user + t.children_system
-        return busy / os.sysconf("SC_CLK_TCK"), own, time.perf_counter()
-
-    def other_cpus(self) -> float | None:
-        end = self._sample()
-        if self.start is None or end is None or end[2] <= self.start[2]:
-            return None
-        other = (end[0] - self.start[0]) - (end[1] - self.start[1])
-        return max(0.0, other / (end[2] - self.start[2]))
 
 
 def tool_versions() -> dict:
@@ -131,7 +101,7 @@ def subject(args):
 def run_cocotb(simulator: str, program, images, lanes: int, root: str) -> dict:
     from bitspike.sim.runner import run_engine_rtl
 
-    monitor = BusyMonitor()
+    monitor = CpuMonitor()
     t0 = time.perf_counter()
     report = run_engine_rtl(program, np.asarray(images), lanes=lanes, simulator=simulator,
                             stop_on_first=False, root=root)
@@ -153,7 +123,7 @@ def run_amaranth(program, images, lanes: int) -> dict:
     from bitspike.sw.cycles import engine_cycles
     from bitspike.sw.golden import run_program
 
-    monitor = BusyMonitor()
+    monitor = CpuMonitor()
     t0 = time.perf_counter()
     golden = run_program(program, images)
     expected = [engine_cycles(program, golden, i, lanes=lanes).total for i in range(len(images))]

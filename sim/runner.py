@@ -41,7 +41,8 @@ from bitspike.sw.errors import BitspikeError
 from .toolenv import apply_tool_env
 
 __all__ = ["TOPLEVEL", "Simulator", "SimError", "SimJob", "SimReport", "Build", "build",
-           "choose_simulator", "engine_verilog", "payload_fields", "run", "run_engine_rtl"]
+           "checked_images", "choose_simulator", "engine_verilog", "payload_fields", "run",
+           "run_engine_rtl", "with_clock"]
 
 #: The engine's top module name in the generated Verilog.
 TOPLEVEL = "bitspike_engine"
@@ -406,14 +407,26 @@ def run(engine, program, images, job: SimJob, *, simulator: str | Simulator | No
     without a report (a crash, a missing tool).
     """
     sim = choose_simulator(simulator)
-    images = np.asarray(images)
-    if images.ndim < 2 or len(images) == 0:
-        raise SimError("no images to simulate")
+    images = checked_images(program, images)
+    return _run_checked(engine, program, images, job, sim, waves=waves, root=root, work=work,
+                        progress=progress)
+
+
+def checked_images(program, images) -> np.ndarray:
+    """``images`` as an int64 array, refused (before any build) unless they are a non-empty
+    batch of the Program's input shape with levels in range (the golden model's own check)."""
     import torch
 
     from bitspike.sw.golden import check_input
 
-    check_input(program, torch.from_numpy(images.astype(np.int64)))  # before any build
+    images = np.asarray(images)
+    if images.ndim < 2 or len(images) == 0:
+        raise SimError("no images to simulate")
+    return check_input(program, torch.from_numpy(images.astype(np.int64))).numpy()
+
+
+def _run_checked(engine, program, images: np.ndarray, job: SimJob, sim: Simulator, *, waves,
+                 root, work, progress) -> SimReport:
     built = build(with_clock(engine_verilog(engine)), simulator=sim, waves=waves is not None,
                   root=root)
     run_name = f"{os.getpid()}-{threading.get_ident()}"
@@ -491,16 +504,15 @@ def run_engine_rtl(program, images, *, lanes: int, trace: bool = False, fault=No
                    simulator=None, config=None, **job_kw) -> SimReport:
     """Elaborate the engine for ``program`` (``config`` or the smallest that fits) and
     :func:`run` ``images`` through it: the one call the tests and the CLI use."""
-    import torch
-
     from bitspike.hw.config import EngineConfig
     from bitspike.hw.engine import Engine
-    from bitspike.sw.golden import check_input
 
-    check_input(program, torch.from_numpy(np.asarray(images).astype(np.int64)))
+    sim = choose_simulator(simulator)
+    images = checked_images(program, images)  # before the engine exists: no unused-engine warning
     config = config or EngineConfig.for_program(program, lanes=lanes)
     kw = {} if fault is None else {"fault": fault}
     engine = Engine(config=config, program=program, trace=trace, **kw)
     run_kw = {k: job_kw.pop(k) for k in ("waves", "root", "work", "progress") if k in job_kw}
     job = SimJob(lanes=lanes, trace=trace, **job_kw)
-    return run(engine, program, images, job, simulator=simulator, **run_kw)
+    run_kw = {"waves": None, "root": DEFAULT_ROOT, "work": None, "progress": None, **run_kw}
+    return _run_checked(engine, program, images, job, sim, **run_kw)

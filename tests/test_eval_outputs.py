@@ -15,11 +15,7 @@ from bitspike.sw.cycles import engine_cycles
 from bitspike.sw.golden import run_program
 from bitspike.sw.images import read_bundle
 
-
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+from .test_cli import run_cli
 
 
 @pytest.fixture(scope="module")

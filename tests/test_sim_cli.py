@@ -7,15 +7,10 @@ import json
 import pytest
 
 from bitspike.hw.engine import EngineFault
-from bitspike.sw.cli import main
+
+from .test_cli import run_cli
 
 pytestmark = pytest.mark.rtl
-
-
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
