@@ -399,8 +399,10 @@ class Engine(wiring.Component):
         m.d.comb += [kk.eq(Mux(begun, k, 0)), rd_t.eq(cur_t), rd_y.eq(iy[:hb]),
                      rd_x.eq(ix[:wb])]
         more_here = Signal()
-        skip = 1 if self._fault is EngineFault.DROP_EVENT else 0
-        m.d.comb += more_here.eq(kk + 1 + skip < count_in)
+        if self._fault is EngineFault.DROP_EVENT:
+            m.d.comb += more_here.eq(kk + 2 < count_in)
+        else:
+            m.d.comb += more_here.eq(kk + 1 < count_in)
         seg_end = Signal()
         m.d.comb += seg_end.eq(~has | (~more_here & ~next_valid))
         tap_bases = [Signal.like(op0.tap_base, name=f"tap_base{i}") for i in range(TAPS)]
@@ -520,14 +522,14 @@ class Engine(wiring.Component):
                 m.d.comb += go.eq(~seg_end | room)
                 with m.If(go):
                     m.d.comb += [op0.valid.eq(1), op0.last.eq(seg_end),
-                                 op0.shift.eq(cur_t - prev_t + (
-                                     (cur_t != prev_t) if self._fault is EngineFault.HORNER_SHIFT
-                                     else 0)),
+                                 op0.shift.eq(cur_t - prev_t),
                                  op0.tap_base.eq(Array(tap_bases)[cur_tap]),
                                  op0.meta.eq(meta),
                                  op0.cmd.eq(Mux(~has, LaneCommand.CLEAR,
                                                 Mux(begun, LaneCommand.SHIFT_ADD,
                                                     LaneCommand.LOAD)))]
+                    if self._fault is EngineFault.HORNER_SHIFT:  # one place too far
+                        m.d.comb += op0.shift.eq(cur_t - prev_t + (cur_t != prev_t))
                     m.d.comb += op0.meta.pend.eq(Mux(desc.per_step, 0, desc.t_in - 1 - cur_t))
                     m.d.sync += prev_t.eq(cur_t)
                     with m.If(~seg_end):
@@ -554,8 +556,9 @@ class Engine(wiring.Component):
             with m.State("Result"):
                 m.d.comb += [in_result.eq(1), self.o_result.valid.eq(1),
                              self.o_result.p.klass.eq(best_idx),
-                             self.o_result.p.cycles.eq(
-                                 cycles + (self._fault is EngineFault.CYCLE_COUNT))]
+                             self.o_result.p.cycles.eq(cycles)]
+                if self._fault is EngineFault.CYCLE_COUNT:
+                    m.d.comb += self.o_result.p.cycles.eq(cycles + 1)
                 with m.If(self.o_result.ready):
                     m.d.sync += [layer.eq(0), src.eq(0), have_best.eq(0), cycles.eq(0),
                                  started.eq(0), clear_row.eq(0)]
@@ -784,9 +787,10 @@ class Engine(wiring.Component):
             if has_bs:
                 with m.State("Approximate"):  # u >= D << (T - t): emit 1 and subtract
                     for p in range(P):
-                        strict = self._fault is EngineFault.FIRE_STRICT  # u >= thr + 1
                         m.d.comb += [approximate[p].u.eq(u[p]),
-                                     approximate[p].thr.eq(thr[p] + strict)]
+                                     approximate[p].thr.eq(thr[p])]
+                        if self._fault is EngineFault.FIRE_STRICT:  # u >= thr + 1: u > thr
+                            m.d.comb += approximate[p].thr.eq(thr[p] + 1)
                         m.d.sync += [u[p].eq(approximate[p].u_next), thr[p].eq(thr[p] >> 1),
                                      level[p].eq(Cat(approximate[p].fire, level[p]))]
                     m.d.sync += step.eq(step + 1)
