@@ -408,6 +408,10 @@ def run(engine, program, images, job: SimJob, *, simulator: str | Simulator | No
     """
     sim = choose_simulator(simulator)
     images = checked_images(program, images)
+    if ("o_trace" in engine.signature.members) != job.trace:
+        raise SimError(f"job.trace={job.trace} but the engine was built "
+                       f"{'with' if not job.trace else 'without'} its trace port: build both "
+                       "alike (run_engine_rtl does)")
     return _run_checked(engine, program, images, job, sim, waves=waves, root=root, work=work,
                         progress=progress)
 
