@@ -47,19 +47,15 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from bitspike.sw.cycles import TAPS, PlanError, layer_plan
 from bitspike.sw.errors import BitspikeError
+from bitspike.sw.plan import LayerRow, PlanError, layer_plan
 from bitspike.sw.program import NEURON_MODES, Program
 
-__all__ = ["ENGINE_CONFIG_FORMAT", "ENGINE_CONFIG_VERSION", "DESCRIPTOR_WORDS", "DESCRIPTOR_BITS",
-           "EngineConfig", "EngineConfigError", "EngineFitError", "pack_weights",
-           "unpack_weights", "weight_rows"]
+__all__ = ["ENGINE_CONFIG_FORMAT", "ENGINE_CONFIG_VERSION", "EngineConfig", "EngineConfigError",
+           "EngineFitError", "pack_weights", "unpack_weights", "weight_rows"]
 
 ENGINE_CONFIG_FORMAT = "bitspike-engine-config"
 ENGINE_CONFIG_VERSION = 2  # 2: the map, channel and event-list fields
-# the layer-descriptor memory: 16 words of 32 bits per layer (docs/memory-images.md, section 5)
-DESCRIPTOR_WORDS = 16
-DESCRIPTOR_BITS = 32
 
 
 class EngineConfigError(BitspikeError):
@@ -102,7 +98,7 @@ def _steps_needed(program: Program, req: dict) -> int:
     return max(req["max_t"], program.rate_steps)
 
 
-def _plan(program: Program, lanes: int) -> list[dict]:
+def _plan(program: Program, lanes: int) -> list[LayerRow]:
     """The engine's layer plan, or ``[]`` for a Program it refuses (``Engine`` raises
     ``EngineUnsupported`` for that; the config sizes everything else)."""
     try:
@@ -111,12 +107,12 @@ def _plan(program: Program, lanes: int) -> list[dict]:
         return []
 
 
-def _shape_needs(program: Program, plan: list[dict]) -> dict[str, int]:
+def _shape_needs(program: Program, plan: list[LayerRow]) -> dict[str, int]:
     """The map, channel and event-list fields of the smallest config for ``program``."""
     maps = [tuple(s) if len(s) == 3 else (s[0], 1, 1)
             for lay in program.layers for s in (lay.in_shape, lay.out_shape)]
-    events = max((r["in_kb"] + r["in_wb"] + r["in_hb"] + r["in_tb"] for r in plan), default=0)
-    lists = max((r["in_wb"] + r["in_hb"] + r["in_tb"] for r in plan), default=0)
+    events = max((r.in_kb + r.in_wb + r.in_hb + r.in_tb for r in plan), default=0)
+    lists = max((r.in_wb + r.in_hb + r.in_tb for r in plan), default=0)
     return {"max_channels": max(c for c, _, _ in maps), "max_height": max(h for _, h, _ in maps),
             "max_width": max(w for _, _, w in maps), "event_depth": 1 << events,
             "list_depth": 1 << lists}
@@ -280,7 +276,8 @@ class EngineConfig:
         Words of the bias (>= 1), threshold (>= 0) and initial-potential memories (>= 0;
         0 without the rate mode).
     layer_depth : int
-        Layers the descriptor memory holds (16 words of 32 bits each), >= 1.
+        Rows of the layer-table ROM (one :class:`~bitspike.sw.plan.LayerRow` each, its fields
+        as wide as their bounds on this config), >= 1.
     max_channels : int
         The most channels of any layer's input or output map (a dense layer's vector counts as
         channels), >= 1: sizes channel indices, groups and the logit index.
@@ -289,7 +286,7 @@ class EngineConfig:
         addresses.
     event_depth : int
         Entries of each half of the engine's event-list memory, a power of two; a layer's lists
-        take ``2^(kb + wb + hb + tb)`` entries (``bitspike.sw.cycles.layer_plan``).
+        take ``2^(kb + wb + hb + tb)`` entries (``bitspike.sw.plan.layer_plan``).
     list_depth : int
         Lists (length words) of each half, a power of two; a layer's lists number
         ``2^(wb + hb + tb)``.
@@ -432,9 +429,9 @@ class EngineConfig:
                            f"({_ratio(need, have, what.split()[-1])})")
         if not out:  # backstop: every layer-table field must fit the width the config gives it
             limits = self.layer_table_limits()
-            out += [f"layer table: layer {row['index']} has {key} = {value}, the engine holds "
-                    f"at most {limits[key]}" for row in plan for key, value in row.items()
-                    if value > limits[key]]
+            out += [f"layer table: layer {row.index} has {key} = {value}, the engine holds "
+                    f"at most {limits[key]}" for row in plan
+                    for key, value in row.as_dict().items() if value > limits[key]]
         return out
 
     def check_fits(self, program: Program) -> None:
@@ -471,22 +468,10 @@ class EngineConfig:
     # cost
 
     def layer_table_limits(self) -> dict[str, int]:
-        """The largest value each layer-table field (``bitspike.sw.cycles.layer_plan``) can
-        take on this config; the engine sizes its table ROM from these."""
-        T, f = self.max_t, self.list_field_bits()
-        mc, mh, mw = self.max_channels, self.max_height, self.max_width
-        flags = ("in_flat", "fires", "last", "pool", "wr_flat", "rate", "analog", "per_step",
-                 "kind")
-        return {**dict.fromkeys(flags, 1),
-                "index": self.layer_depth, "c_in": mc, "c_out": mc, "h": mh, "oh": mh,
-                "win_h": mh, "clear_rows": mh, "w": mw, "ow": mw, "win_w": mw,
-                "n_in": self.act_depth, "groups": -(-mc // self.lanes),
-                "rows": max(self.act_depth, TAPS * mc), "w_base": self.weight_depth,
-                "b_base": self.bias_depth, "t_in": T, "t_out": T, "wr_t": T, "steps": T,
-                "tau": T, "levels": (1 << T) - 1, "quads": 4, "wr_hw": mh * mw,
-                "in_kb": f["event_address"], "out_kb": f["event_address"],
-                "in_wb": f["column"], "out_wb": f["column"], "in_hb": f["row"],
-                "out_hb": f["row"], "in_tb": f["plane"], "out_tb": f["plane"]}
+        """The largest value each layer-table field can take on this config,
+        :meth:`bitspike.sw.plan.LayerRow.bounds` (every field of the typed row declares its own
+        bound); the engine sizes its table ROM from these."""
+        return LayerRow.bounds(self)
 
     def list_field_bits(self) -> dict[str, int]:
         """Widths the engine derives from this config: positions, planes, events, counts."""
@@ -508,7 +493,10 @@ class EngineConfig:
         ``bias``, ``threshold``, ``v_init``
             ``depth * bits`` of each parameter memory.
         ``layers``
-            the descriptor memory, ``layer_depth * 16 * 32``.
+            the layer-table ROM, ``layer_depth`` rows of the typed
+            :class:`~bitspike.sw.plan.LayerRow`: the sum over its fields of the bits of each
+            field's bound on this config (:meth:`~bitspike.sw.plan.LayerRow.widths`, the widths
+            the engine gives its ROM), not the bundle's 16 descriptor words of 32 bits.
         ``event_lists``
             both ping-pong halves: ``2 * event_depth`` entries of a channel or flattened index
             (``ceil(log2(max(act_depth, max_channels)))`` bits).
@@ -529,7 +517,7 @@ class EngineConfig:
                "bias": self.bias_depth * self.bias_bits,
                "threshold": self.threshold_depth * self.threshold_bits,
                "v_init": self.v_init_depth * self.v_init_bits,
-               "layers": self.layer_depth * DESCRIPTOR_WORDS * DESCRIPTOR_BITS,
+               "layers": self.layer_depth * sum(LayerRow.widths(self).values()),
                "event_lists": 2 * self.event_depth * f["event"],
                "list_lengths": 2 * self.list_depth * f["count"],
                "nonempty_bitmaps": 2 * (1 << f["row"]) * (self.max_t << f["column"])}

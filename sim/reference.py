@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bitspike.sw.cycles import engine_cycles, layer_plan
+from bitspike.sw.cycles import engine_cycles
 from bitspike.sw.golden import run_program
+from bitspike.sw.plan import layer_plan
 from bitspike.sw.program import Program
 
 __all__ = ["Expected", "expected_results", "golden_trace", "TRACE_KINDS"]
@@ -41,7 +42,7 @@ def golden_trace(program: Program, golden, n: int, lanes: int) -> list[dict]:
     """The trace records the engine emits for image ``n`` (same order and contents, without the
     ``cycles`` stamp).
 
-    Walk order per executed layer (:func:`bitspike.sw.cycles.layer_plan`): window, group,
+    Walk order per executed layer (:func:`bitspike.sw.plan.layer_plan`): window, group,
     position in the window (4 for a fused pool), then the rate steps. ``golden`` is a traced
     :class:`~bitspike.sw.golden.GoldenResult`.
     """
@@ -52,13 +53,13 @@ def golden_trace(program: Program, golden, n: int, lanes: int) -> list[dict]:
     rate = program.mode == "rate"
     records = []
     for row in layer_plan(program, lanes):
-        li = row["index"]
+        li = row.index
         lay = program.layers[li]
-        for wy in range(row["win_h"]):
-            for wx in range(row["win_w"]):
-                for g, c0 in enumerate(range(0, row["c_out"], lanes)):
-                    for q in range(row["quads"]):
-                        oy, ox = (2 * wy + q // 2, 2 * wx + q % 2) if row["pool"] else (wy, wx)
+        for wy in range(row.win_h):
+            for wx in range(row.win_w):
+                for g, c0 in enumerate(range(0, row.c_out, lanes)):
+                    for q in range(row.quads):
+                        oy, ox = (2 * wy + q // 2, 2 * wx + q % 2) if row.pool else (wy, wx)
                         where = {"layer": li, "oy": oy, "ox": ox, "group": g}
                         if not lay.fires:
                             logits = _grid(golden.logits[n])
@@ -72,7 +73,7 @@ def golden_trace(program: Program, golden, n: int, lanes: int) -> list[dict]:
                                             "values": lane_values(_grid(u0), oy, ox, c0)})
                             records.append({"kind": 1, **where, "step": 0, "values": lane_values(
                                 _grid(golden.levels[li][n]), oy, ox, c0)})
-                            if row["pool"] and q == 3:
+                            if row.pool and q == 3:
                                 records.append({
                                     "kind": 1, "layer": li + 1, "oy": wy, "ox": wx, "group": g,
                                     "step": 0, "values": lane_values(

@@ -1,7 +1,8 @@
 """The engine's schedule: its layer plan and its cycle count per layer, predicted exactly.
 
-:func:`layer_plan` is the engine's view of a Program (the rows of its layer-table ROM), used by
-:class:`bitspike.hw.engine.Engine` and by the cycle model here, so the two cannot drift apart.
+:func:`bitspike.sw.plan.layer_plan` is the engine's view of a Program (the typed rows of its
+layer-table ROM), used by :class:`bitspike.hw.engine.Engine` and by the cycle model here, so the
+two cannot drift apart; it is re-exported here with ``TAPS`` and ``PlanError``.
 :func:`engine_cycles` counts the engine's schedule (docs/engine.md) from the golden model's
 actual events for ``P`` lanes; the engine's own cycle counter must equal it for every Program,
 input and configuration it runs (tests/test_hw_engine.py).
@@ -48,93 +49,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import BitspikeError
 from .golden import GoldenResult, run_program
+from .plan import SCAN_LATENCY, TAPS, LayerKind, LayerRow, PlanError, layer_plan
 from .program import Program
 
-KIND_DENSE, KIND_CONV = 0, 1
-TAPS = 9  # the walker's tap slots per plane (a dense layer uses slot 0)
-
-
-class PlanError(BitspikeError):
-    """The Program has a layer sequence the engine's schedule does not run."""
-
-
-def _map(shape) -> tuple[int, int, int]:
-    shape = tuple(shape)
-    return shape if len(shape) == 3 else (shape[0], 1, 1)
-
-
-def layer_plan(program: Program, lanes: int) -> list[dict]:
-    """The engine's executed layers (its layer-table rows), in order.
-
-    Every field is a non-negative integer: shapes, groups, weight/bias row bases, time steps, the
-    fused pool and where the layer writes its output lists. Raises :class:`PlanError` for a pool
-    that does not follow a firing conv3x3 layer (the engine fuses pooling into that conv).
-    """
-    if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
-        raise BitspikeError(f"lanes must be a positive integer, not {lanes!r}")
-    layers, rows = program.layers, []
-    rate = program.mode == "rate"
-    steps = program.rate_steps
-    w_base = b_base = 0
-    i = 0
-    while i < len(layers):
-        lay = layers[i]
-        if lay.kind == "sumpool2x2":
-            raise PlanError(f"layer {i} ({lay.name}): the engine fuses 2x2 sum pooling into the "
-                            "firing conv3x3 layer before it; a pool after "
-                            f"{'the input' if i == 0 else layers[i - 1].kind} is not supported "
-                            "(put a conv3x3 layer first)")
-        pool = i + 1 < len(layers) and layers[i + 1].kind == "sumpool2x2"
-        if pool and lay.kind != "conv3x3":
-            raise PlanError(f"layer {i + 1} ({layers[i + 1].name}): sum pooling must follow a "
-                            f"conv3x3 layer, not {lay.kind}")
-        written = layers[i + 1] if pool else lay  # the layer whose output lists this one writes
-        nxt_i = i + 2 if pool else i + 1
-        nxt = layers[nxt_i] if nxt_i < len(layers) else None
-        c_in, h, w = _map(lay.in_shape)
-        c_out, oh, ow = _map(lay.out_shape)
-        _, wr_h, wr_w = _map(written.out_shape)
-        groups = -(-c_out // lanes)
-        wr_flat = int(nxt is not None and nxt.kind == "dense")
-        row = {
-            "kind": KIND_CONV if lay.kind == "conv3x3" else KIND_DENSE, "index": i,
-            "c_in": c_in, "h": h, "w": w, "in_flat": int(lay.kind == "dense"),
-            "n_in": c_in * h * w, "c_out": c_out, "oh": oh, "ow": ow, "groups": groups,
-            "rows": lay.fan_in, "w_base": w_base, "b_base": b_base, "t_in": lay.t_in,
-            "t_out": lay.t_out, "levels": lay.levels, "fires": int(lay.fires),
-            "last": int(nxt is None), "pool": int(pool), "quads": 4 if pool else 1,
-            "win_h": wr_h, "win_w": wr_w, "wr_t": written.t_out, "wr_flat": wr_flat,
-            "wr_hw": wr_h * wr_w, "clear_rows": (1 if wr_flat else wr_h) if lay.fires else 0,
-            "rate": int(rate), "analog": int(rate and i == 0), "per_step": int(rate and i > 0),
-            "steps": steps, "tau": program.tau,
-        }
-        rows.append(row)
-        w_base += groups * lay.fan_in
-        b_base += groups
-        i = nxt_i
-    # event-list address fields per layer: list (t, y, x) entry k of the lists a layer reads is
-    # (the longest list, in_cap, counts rate pooling's duplicates: a channel once per spike of
-    # each of the window's 4 positions)
-    # at ((t << in_hb | y) << in_wb | x) << in_kb | k, each field just wide enough for that layer
-    # (flat lists: in_wb = in_hb = 0); out_* are the next layer's in_* (the lists it writes)
-    for n, row in enumerate(rows):
-        if n == 0:
-            in_cap = row["n_in"] if row["in_flat"] else row["c_in"]
-        else:
-            prev = rows[n - 1]
-            in_cap = prev["c_out"] * (prev["wr_hw"] if prev["wr_flat"] else 1) * (
-                4 if prev["rate"] and prev["pool"] else 1)
-        row["in_kb"] = (in_cap - 1).bit_length()
-        row["in_wb"] = 0 if row["in_flat"] else (row["w"] - 1).bit_length()
-        row["in_hb"] = 0 if row["in_flat"] else (row["h"] - 1).bit_length()
-        row["in_tb"] = (row["t_in"] - 1).bit_length()
-    for n, row in enumerate(rows):
-        nxt = rows[n + 1] if n + 1 < len(rows) else None
-        for key in ("kb", "wb", "hb", "tb"):
-            row[f"out_{key}"] = nxt[f"in_{key}"] if nxt is not None else 0
-    return rows
+__all__ = ["TAPS", "PlanError", "layer_plan", "CycleReport", "engine_cycles", "fixed_cycles",
+           "predict"]  # TAPS, PlanError and layer_plan live in bitspike.sw.plan
 
 
 @dataclass
@@ -171,9 +91,9 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x if x.dim() == 4 else x.view(x.shape[0], x.shape[1], 1, 1)
 
 
-def _receptive_counts(row: dict, counts: torch.Tensor, oy: int, ox: int) -> torch.Tensor:
+def _receptive_counts(row: LayerRow, counts: torch.Tensor, oy: int, ox: int) -> torch.Tensor:
     """Events per plane in the receptive field of output (oy, ox): ``(planes,)``."""
-    if row["kind"] == KIND_DENSE:
+    if row.kind == LayerKind.DENSE:
         return counts.sum(dim=(1, 2))
     h, w = counts.shape[1:]
     y0, y1, x0, x1 = max(oy - 1, 0), min(oy + 2, h), max(ox - 1, 0), min(ox + 2, w)
@@ -198,44 +118,44 @@ def _synaptic_ops(program: Program, inputs: list[torch.Tensor]) -> list[int]:
     return ops
 
 
-def _segments(row: dict, events: torch.Tensor, out: torch.Tensor | None,
+def _segments(row: LayerRow, events: torch.Tensor, out: torch.Tensor | None,
               pooled: torch.Tensor | None, lanes: int, trace: bool):
     """``(issue cycles, firing-stage cycles)`` of every segment of one executed layer."""
     counts = _as_map(events).sum(dim=1)  # (planes, H, W): events per list
-    c_out, quads, steps = row["c_out"], row["quads"], row["steps"]
+    c_out, quads, steps = row.c_out, row.quads, row.steps
     out_map = None if out is None else _as_map(out)
     pooled_map = None if pooled is None else _as_map(pooled)
-    for wy in range(row["win_h"]):
-        for wx in range(row["win_w"]):
+    for wy in range(row.win_h):
+        for wx in range(row.win_w):
             for g in range(0, c_out, lanes):
                 valid = min(lanes, c_out - g)
                 for q in range(quads):
-                    oy, ox = (2 * wy + q // 2, 2 * wx + q % 2) if row["pool"] else (wy, wx)
+                    oy, ox = (2 * wy + q // 2, 2 * wx + q % 2) if row.pool else (wy, wx)
                     per_plane = _receptive_counts(row, counts, oy, ox).tolist()
                     lane_spikes = (None if out_map is None
                                    else out_map[:, g:g + valid, oy, ox].sum(dim=1).tolist())
-                    if not row["rate"]:
+                    if not row.rate:
                         n = max(1, sum(per_plane))
-                        if not row["fires"]:
+                        if not row.fires:
                             yield n, 1 + valid + int(trace)
                             continue
-                        if row["pool"]:
+                        if row.pool:
                             writes = (int(pooled_map[:, g:g + valid, wy, wx].sum())
                                       if q == 3 else 0)
                             records = 2 + int(q == 3)
                         else:
                             writes, records = sum(lane_spikes), 2
-                        yield n, 2 + row["t_out"] + writes + records * int(trace)
-                    elif row["analog"]:
+                        yield n, 2 + row.t_out + writes + records * int(trace)
+                    elif row.analog:
                         n = max(1, sum(per_plane))
-                        if row["fires"]:
+                        if row.fires:
                             yield n, 1 + steps + sum(lane_spikes) + 2 * steps * int(trace)
                         else:
                             yield n, 1 + steps + valid + int(trace)
                     else:
                         for t in range(steps):
                             n = max(1, per_plane[t])
-                            if row["fires"]:
+                            if row.fires:
                                 yield n, 1 + lane_spikes[t] + 2 * int(trace)
                             else:
                                 yield n, 1 + ((valid + int(trace)) if t == steps - 1 else 0)
@@ -244,7 +164,7 @@ def _segments(row: dict, events: torch.Tensor, out: torch.Tensor | None,
 def _walk_cycles(segments) -> int:
     """Cycles from the first walk cycle until the firing stage is idle after the last segment
     (the recurrence in the module docstring), plus the cycle that sees it idle."""
-    s, take, busy = 0, None, 0
+    s, take, busy = SCAN_LATENCY, None, 0
     for n, f in segments:
         last = s + n - 1 if take is None else max(s + n - 1, take)
         take = last + 3 if take is None else max(last + 3, take + busy)
@@ -264,12 +184,12 @@ def engine_cycles(program: Program, result: GoldenResult, index: int, *, lanes: 
     layer_inputs = [pixels] + [s[index].to(torch.int64) for s in result.spikes[:-1]]
     report.synaptic_ops = _synaptic_ops(program, layer_inputs)
     for row in plan:
-        i = row["index"]
-        out = result.spikes[i][index].to(torch.int64) if row["fires"] else None
-        pooled = result.spikes[i + 1][index].to(torch.int64) if row["pool"] else None
+        i = row.index
+        out = result.spikes[i][index].to(torch.int64) if row.fires else None
+        pooled = result.spikes[i + 1][index].to(torch.int64) if row.pool else None
         walk = _walk_cycles(_segments(row, layer_inputs[i], out, pooled, lanes, trace))
-        report.layers.append(1 + row["clear_rows"] + walk + (0 if row["last"] else 1))
-        report.names.append(program.layers[i].name + ("+pool" if row["pool"] else ""))
+        report.layers.append(1 + row.clear_rows + walk + (0 if row.last else 1))
+        report.names.append(program.layers[i].name + ("+pool" if row.pool else ""))
     return report
 
 
@@ -280,7 +200,7 @@ def fixed_cycles(program: Program, *, lanes: int) -> int:
     pixels = 1
     for size in program.input.shape:
         pixels *= size
-    return pixels + sum(1 + row["clear_rows"] + 3 + 1 + (0 if row["last"] else 1)
+    return pixels + sum(1 + row.clear_rows + SCAN_LATENCY + 3 + 1 + (0 if row.last else 1)
                         for row in layer_plan(program, lanes))
 
 

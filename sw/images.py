@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BundleError, ProgramError
+from .plan import LayerKind
 from .program import PROGRAM_FORMAT_VERSION, InputSpec, Layer, Program
 
 BUNDLE_FORMAT = "bitspike-image-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
-KIND_CODES = {"conv3x3": 0, "dense": 1, "sumpool2x2": 2}
+KIND_CODES = {kind.program_name: int(kind) for kind in LayerKind}  # numbered in sw/plan.py
 DESCRIPTOR_WORDS = 16
 DESCRIPTOR_BITS = 32
 FLAG_FIRES, FLAG_LAST = 1, 2

@@ -1,0 +1,261 @@
+"""The engine's activation memory: ping-pong event lists on block RAM.
+
+A layer's input is a set of *event lists*, one per time plane ``t`` and input position ``(y, x)``
+(a dense layer reads one flat list per plane). Each half of the ping-pong pair holds
+
+- ``events``: the entries, list ``(t, y, x)`` entry ``k`` at
+  ``((t << hb | y) << wb | x) << kb | k`` (the field widths of the layer that reads the lists);
+- ``counts``: each list's length at ``(t << hb | y) << wb | x``, valid only while the list's bit
+  is set in the nonempty bitmap (so a layer clears a map row in one cycle, not every length);
+- ``nonempty``: one bitmap row per map row ``y``, bit ``Cat(x, t)`` set when list ``(t, y, x)``
+  holds anything. The rows are kept in four banks by ``y mod 4``: the rows ``y - 1, y, y + 1``
+  that a 3x3 receptive field spans always lie in three different banks, so one synchronous read
+  port per bank returns all three in one cycle.
+
+Every memory has synchronous read ports only, so yosys maps it to block RAM (ECP5 DP16KD,
+iCE40 SB_RAM40_4K) or, when it is tiny, to registers; none is read combinationally. The walker
+side (:class:`~bitspike.hw.walker.ListScanner` and :class:`~bitspike.hw.walker.Walker`) reads
+the half ``src``; the writer writes the other half, or ``src`` itself while the input is loaded.
+
+The writer is a two-stage pipeline that accepts one append per cycle: stage 1 reads the list's
+length and its bitmap row, stage 2 writes the entry at that length, the length plus one and the
+row with the list's bit set. Back-to-back appends to one list see each other's writes because
+the read ports are transparent for the write ports.
+"""
+
+# No ``from __future__ import annotations``: wiring.Component reads real annotations.
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["BANKS", "EventLists", "ListFields", "append_signature", "clear_signature",
+           "fetch_signature", "list_geometry", "scan_signature"]
+
+#: nonempty-bitmap banks (rows ``y mod BANKS``); four, so that ``y - 1, y, y + 1`` never share
+BANKS = 4
+
+
+def list_geometry(config) -> dict[str, int]:
+    """Widths of the event-list fields of an :class:`~bitspike.hw.config.EngineConfig`."""
+    f = config.list_field_bits()
+    return {"row": f["row"], "column": f["column"], "plane": f["plane"], "event": f["event"],
+            "event_address": f["event_address"], "list_address": f["list_address"],
+            "count": config.event_depth.bit_length() + 1, "planes": config.max_t}
+
+
+def ListFields(geometry) -> data.StructLayout:
+    """The per-layer address field widths (``kb``, ``wb``, ``hb``) of a list's address."""
+    return data.StructLayout({"kb": unsigned(geometry["event_address"].bit_length()),
+                              "wb": unsigned(geometry["column"].bit_length() + 1),
+                              "hb": unsigned(geometry["row"].bit_length() + 1)})
+
+
+def scan_signature(geometry) -> wiring.Signature:
+    """The scanner's port (its view): bitmap rows around ``row`` and one list's length, each
+    on the cycle after the request."""
+    g = geometry
+    return wiring.Signature({
+        "row": Out(g["row"]), "en": Out(1),
+        "rows": In(data.ArrayLayout(unsigned(g["planes"] << g["column"]), 3)),
+        "t": Out(g["plane"]), "y": Out(g["row"]), "x": Out(g["column"]),
+        "count": In(g["count"])})
+
+
+def fetch_signature(geometry) -> wiring.Signature:
+    """The walker's port (its view): entry ``k`` of list ``(t, y, x)`` on the next cycle."""
+    g = geometry
+    return wiring.Signature({"t": Out(g["plane"]), "y": Out(g["row"]), "x": Out(g["column"]),
+                             "k": Out(g["count"]), "event": In(g["event"])})
+
+
+def append_signature(geometry) -> wiring.Signature:
+    """An appender's port (its view): append ``index`` to list ``(t, y, x)`` when ``valid``."""
+    g = geometry
+    return wiring.Signature({"valid": Out(1), "t": Out(g["plane"]), "y": Out(g["row"]),
+                             "x": Out(g["column"]), "index": Out(g["event"])})
+
+
+def clear_signature(geometry) -> wiring.Signature:
+    """Clear bitmap row ``row`` (empty its lists) when ``valid``."""
+    return wiring.Signature({"valid": Out(1), "row": Out(geometry["row"])})
+
+
+def _list_address(t, y, x, fields, bits):
+    return ((((t << fields.hb) | y) << fields.wb) | x)[:bits]
+
+
+def _event_address(k, t, y, x, fields, list_bits, event_bits):
+    return ((_list_address(t, y, x, fields, list_bits) << fields.kb) | k)[:event_bits]
+
+
+class EventLists(wiring.Component):
+    """Both halves of the event-list memory, the walker's read ports and the list writer.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Sizes every memory: ``event_depth`` entries and ``list_depth`` lengths per half,
+        ``2^row`` bitmap rows of ``max_t << column`` bits.
+
+    Members
+    -------
+    src : In(1)
+        The half the walker side reads (the current layer's input).
+    load : In(1)
+        Appends and clears go to ``src`` (the input load) instead of the other half.
+    rd_fields, wr_fields : In(ListFields)
+        Address field widths of the lists read (this layer's) and written (the next layer's,
+        or during the load this layer's).
+    scan : In(scan_signature)
+        The scanner reads bitmap rows ``row - 1 .. row + 1`` of ``src`` when ``en``; ``rows``
+        shows them from the next cycle on, until the next read. ``count`` is the length of list
+        ``(t, y, x)`` of ``src`` requested in the previous cycle.
+    fetch : In(fetch_signature)
+        ``event`` is entry ``k`` of list ``(t, y, x)`` of ``src`` requested in the previous cycle.
+    append : In(append_signature)
+        Append ``index`` to list ``(t, y, x)`` of the written half (one per cycle; it lands on
+        the next cycle).
+    clear : In(clear_signature)
+        Clear bitmap row ``row`` of the written half (empties its lists) in this cycle.
+    busy : Out(1)
+        An append is still in the writer's pipeline.
+    """
+
+    def __init__(self, *, config):
+        g = self._geo = list_geometry(config)
+        self._config = config
+        super().__init__({
+            "src": In(1), "load": In(1),
+            "rd_fields": In(ListFields(g)), "wr_fields": In(ListFields(g)),
+            "scan": In(scan_signature(g)), "fetch": In(fetch_signature(g)),
+            "append": In(append_signature(g)), "clear": In(clear_signature(g)),
+            "busy": Out(1),
+        })
+
+    @property
+    def geometry(self) -> dict[str, int]:
+        return dict(self._geo)
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geo
+        hb, wb, tb = g["row"], g["column"], g["plane"]
+        row_bits = g["planes"] << wb
+        bank_bits = max(0, hb - 2)
+        bank_depth = 1 << bank_bits
+        lb, eb = g["list_address"], g["event_address"]
+        yb = max(hb, 2)  # row numbers as wide as the bank index at least
+        s2_y = Signal(yb)
+
+        wbuf = Signal()
+        m.d.comb += wbuf.eq(Mux(self.load, self.src, ~self.src))
+
+        # writer stage 2: the append read in the previous cycle
+        s2 = Signal(data.StructLayout({"valid": 1, "t": tb, "y": hb, "x": wb,
+                                       "index": g["event"], "half": 1,
+                                       "kb": len(self.wr_fields.kb), "wb": len(self.wr_fields.wb),
+                                       "hb": len(self.wr_fields.hb)}))
+        m.d.sync += [s2.valid.eq(self.append.valid), s2.t.eq(self.append.t),
+                     s2.y.eq(self.append.y), s2.x.eq(self.append.x),
+                     s2.index.eq(self.append.index), s2.half.eq(wbuf),
+                     s2.kb.eq(self.wr_fields.kb), s2.wb.eq(self.wr_fields.wb),
+                     s2.hb.eq(self.wr_fields.hb)]
+        m.d.comb += [self.busy.eq(s2.valid), s2_y.eq(s2.y)]
+        s2_fields = data.View(ListFields(g), Cat(s2.kb, s2.wb, s2.hb))
+
+        events_rd, counts_rd, bank_rd = [], [], []
+        bit_at = Signal(tb + wb)
+        m.d.comb += bit_at.eq(Cat(s2.x, s2.t))
+        for half in range(2):
+            name = "ab"[half]
+            reader = Signal(name=f"reader_{name}")  # the walker side reads this half
+            m.d.comb += reader.eq((self.src == half) & ~self.load)
+            writing = Signal(name=f"writing_{name}")
+            m.d.comb += writing.eq(s2.valid & (s2.half == half))
+
+            events = Memory(shape=unsigned(g["event"]), depth=1 << eb, init=[])
+            counts = Memory(shape=unsigned(g["count"]), depth=1 << lb, init=[])
+            m.submodules[f"events_{name}"] = events
+            m.submodules[f"counts_{name}"] = counts
+            ev_w, cnt_w = events.write_port(), counts.write_port()
+            ev_r = events.read_port()
+            cnt_r = counts.read_port(transparent_for=(cnt_w,))
+            events_rd.append(ev_r)
+            counts_rd.append(cnt_r)
+            m.d.comb += [
+                ev_r.addr.eq(_event_address(self.fetch.k, self.fetch.t, self.fetch.y,
+                                            self.fetch.x, self.rd_fields, lb, eb)),
+                cnt_r.addr.eq(Mux(reader,
+                                  _list_address(self.scan.t, self.scan.y, self.scan.x,
+                                                self.rd_fields, lb),
+                                  _list_address(self.append.t, self.append.y, self.append.x,
+                                                self.wr_fields, lb))),
+            ]
+
+            banks = []
+            for b in range(BANKS):
+                mem = Memory(shape=unsigned(row_bits), depth=bank_depth, init=[])
+                m.submodules[f"nonempty_{name}{b}"] = mem
+                w = mem.write_port()
+                r = mem.read_port(transparent_for=(w,))
+                banks.append((r, w))
+                # the scanner's row that falls in bank b: scan_row - 1 + d with d = (b - (scan_row
+                # - 1)) mod 4 (d = 3 is no row of the three)
+                first = Signal(yb, name=f"scan_first_{name}{b}")
+                m.d.comb += first.eq(self.scan.row - 1)
+                d = Signal(2, name=f"scan_d_{name}{b}")
+                m.d.comb += d.eq(b - first[:2])
+                scan_addr = Signal(yb, name=f"scan_row_{name}{b}")
+                m.d.comb += scan_addr.eq(first + d)
+                m.d.comb += [
+                    r.addr.eq(Mux(reader, scan_addr >> 2, self.append.y >> 2)[:max(1, bank_bits)]
+                              if bank_bits else 0),
+                    r.en.eq(Mux(reader, self.scan.en, 1)),
+                ]
+            bank_rd.append(banks)
+
+            # stage 2: the read length counts only while the list's bit is set
+            row_now = Signal(row_bits, name=f"row_now_{name}")
+            with m.Switch(s2_y[:2]):
+                for b in range(BANKS):
+                    with m.Case(b):
+                        m.d.comb += row_now.eq(banks[b][0].data)
+            had = Signal(name=f"had_{name}")
+            m.d.comb += had.eq(row_now.bit_select(bit_at, 1))
+            length = Signal(g["count"], name=f"length_{name}")
+            m.d.comb += length.eq(Mux(had, cnt_r.data, 0))
+            m.d.comb += [
+                ev_w.addr.eq(_event_address(length, s2.t, s2.y, s2.x, s2_fields, lb, eb)),
+                ev_w.data.eq(s2.index), ev_w.en.eq(writing),
+                cnt_w.addr.eq(_list_address(s2.t, s2.y, s2.x, s2_fields, lb)),
+                cnt_w.data.eq(length + 1), cnt_w.en.eq(writing),
+            ]
+            clearing = Signal(name=f"clearing_{name}")
+            m.d.comb += clearing.eq(self.clear.valid & (wbuf == half))
+            for b, (_, w) in enumerate(banks):
+                with m.If(clearing & (Cat(self.clear.row, Const(0, 2))[:2] == b)):
+                    m.d.comb += [w.addr.eq(self.clear.row >> 2), w.data.eq(0), w.en.eq(1)]
+                with m.Elif(writing & (s2_y[:2] == b)):
+                    m.d.comb += [w.addr.eq(s2.y >> 2),
+                                 w.data.eq(row_now | (Const(1, row_bits) << bit_at)),
+                                 w.en.eq(1)]
+
+        # the walker side's read data, from the half it reads
+        m.d.comb += [
+            self.fetch.event.eq(Mux(self.src, events_rd[1].data, events_rd[0].data)),
+            self.scan.count.eq(Mux(self.src, counts_rd[1].data, counts_rd[0].data)),
+        ]
+        # rows scan_row - 1 + i, i = 0..2, of the last read: the read's row is remembered
+        scanned = Signal(yb)
+        with m.If(self.scan.en):
+            m.d.sync += scanned.eq(self.scan.row)
+        for i in range(3):
+            row = Signal(yb, name=f"scanned{i}")
+            m.d.comb += row.eq(scanned - 1 + i)
+            with m.Switch(row[:2]):
+                for b in range(BANKS):
+                    with m.Case(b):
+                        m.d.comb += self.scan.rows[i].eq(Mux(self.src, bank_rd[1][b][0].data,
+                                                        bank_rd[0][b][0].data))
+        return m
