@@ -196,10 +196,11 @@ def test_cost_of_digits_cnn_at_8_lanes(programs):
     # lists: conv2's input, 16 channels x 8 x 8 positions x 4 planes = 2^12 entries of an index
     # below max(act_depth, channels) = 2048 (11 bits); conv1's input has the most lists,
     # 8 x 8 positions x 5 pixel planes = 2^(3 + 3 + 3), with 14-bit lengths; bitmaps: 8 rows
-    # of 6 planes x 8 columns
+    # of 6 planes x 8 columns; the layer-table ROM: 6 rows of LayerRow's 40 fields, each as wide
+    # as its bound on this config (148 bits), not the bundle's 16 descriptor words of 32 bits
     assert (cfg.event_depth, cfg.list_depth, cfg.max_channels) == (4096, 512, 32)
     expected = {"weights": 2002 * 8 * 8, "bias": 90 * req["bias_bits"],
-                "threshold": 80 * req["threshold_bits"], "v_init": 0, "layers": 6 * 16 * 32,
+                "threshold": 80 * req["threshold_bits"], "v_init": 0, "layers": 6 * 148,
                 "event_lists": 2 * 4096 * 11, "list_lengths": 2 * 512 * 14,
                 "nonempty_bitmaps": 2 * 8 * 6 * 8}
     assert {k: cost[k] for k in expected} == expected
