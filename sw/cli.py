@@ -496,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sim_command(sub, common)
 
+    from ..boards.cli import add_build_command
+
+    add_build_command(sub, common)
+
     sp = sub.add_parser("doctor", help="check the toolchain",
                         description="Report each tool, its version and whether it works.")
     sp.add_argument("--quick", action="store_true", help="skip the cocotb simulation run")
