@@ -37,6 +37,7 @@ from .event_lists import EventLists
 from .faults import EngineFault
 from .firing import FiringStage, logit_layout, sums_layout, trace_layout
 from .lanes import AccumulateLanes, LaneCommand
+from .memories import MemoryPlan, RamKind, SinglePortRAM
 from .output import ArgmaxOutput, result_layout
 from .walker import ListScanner, Walker, op_layout
 
@@ -74,6 +75,9 @@ class Engine(wiring.Component):
         A bit-serial or rate Program; it initialises the memories and the layer table.
     trace : bool
         Add the ``o_trace`` stream.
+    memory : MemoryPlan
+        Where the weights and event lists live (:mod:`bitspike.hw.memories`); block RAM
+        initialised by the bitstream by default.
     fault : EngineFault
         Tests only: build the engine with a deliberate bug (:class:`EngineFault`).
 
@@ -95,6 +99,9 @@ class Engine(wiring.Component):
         record of the pooled levels (its own layer index); the output layer one kind 0 record
         of its logits per group. Each carries the layer, position, group, step and the cycle
         stamp, and costs one cycle (more under back-pressure).
+    w_load : In(Signature(addr, data, en)), only with ``memory.weights = RamKind.SPRAM``
+        Write weight row ``addr`` (the packed rows of :func:`~bitspike.hw.config.pack_weights`)
+        while ``en``; all rows must be written before the first input is sent.
 
     Raises
     ------
@@ -105,11 +112,16 @@ class Engine(wiring.Component):
     """
 
     def __init__(self, *, config: EngineConfig, program: Program, trace: bool = False,
-                 fault: EngineFault = EngineFault.NONE):
+                 memory: MemoryPlan | None = None, fault: EngineFault = EngineFault.NONE):
         if not isinstance(fault, EngineFault):
             self._MustUse__silence = True
             raise TypeError(f"fault must be an EngineFault, not {fault!r}")
         self._fault = fault
+        memory = MemoryPlan() if memory is None else memory
+        if not isinstance(memory, MemoryPlan):
+            self._MustUse__silence = True
+            raise TypeError(f"memory must be a MemoryPlan, not {memory!r}")
+        self._memory = memory
         if not isinstance(config, EngineConfig):
             raise TypeError(f"config must be an EngineConfig, not {config!r}")
         if not isinstance(program, Program):
@@ -146,6 +158,10 @@ class Engine(wiring.Component):
         }
         if self._trace:  # the trace port exists only when asked for: free when unused
             ports["o_trace"] = Out(stream.Signature(self._trace_layout))
+        if memory.weights is RamKind.SPRAM:  # the weights are written once before any input
+            ports["w_load"] = In(wiring.Signature({
+                "addr": Out(range(max(2, config.weight_depth))),
+                "data": Out(config.lanes * config.weight_bits), "en": Out(1)}))
         super().__init__(ports)
 
     @property
@@ -176,7 +192,7 @@ class Engine(wiring.Component):
         desc = desc_port.data
 
         # ------------------------------------------------------------ components
-        m.submodules.lists = lists = EventLists(config=cfg)
+        m.submodules.lists = lists = EventLists(config=cfg, events=self._memory.events)
         m.submodules.scanner = scanner = ListScanner(config=cfg, desc_layout=self._desc_layout)
         m.submodules.walker = walker = Walker(config=cfg, desc_layout=self._desc_layout,
                                               rows_bound=self._field_max["rows"],
@@ -199,10 +215,10 @@ class Engine(wiring.Component):
             wiring.connect(m, firing.o_trace, wiring.flipped(self.o_trace))
 
         # ------------------------------------------------------------ parameters
-        m.submodules.weights = w_mem = Memory(
-            shape=unsigned(P * W), depth=max(1, cfg.weight_depth),
-            init=pack_weights(prog, P, weight_bits=W)[0])
-        w_rd = w_mem.read_port()
+        loaded = self._memory.weights is RamKind.SPRAM
+        m.submodules.weights = w_mem = SinglePortRAM(
+            width=P * W, depth=max(1, cfg.weight_depth), kind=self._memory.weights,
+            init=() if loaded else pack_weights(prog, P, weight_bits=W)[0])
         weighted = [lay for lay in prog.layers if lay.bias is not None]
 
         def or_zeros(arr, lay):
@@ -231,8 +247,12 @@ class Engine(wiring.Component):
         op0 = walker.op
         op1, op2 = Signal(op_shape, name="op1"), Signal(op_shape, name="op2")
         m.d.sync += [op1.eq(op0), op2.eq(op1)]
-        m.d.comb += w_rd.addr.eq(op1.meta.grp_row + op1.tap_base + lists.fetch.event)
-        m.d.comb += [lanes.weights.eq(w_rd.data), lanes.shift.eq(op2.shift),
+        m.d.comb += w_mem.addr.eq(op1.meta.grp_row + op1.tap_base + lists.fetch.event)
+        if loaded:
+            with m.If(self.w_load.en):
+                m.d.comb += [w_mem.addr.eq(self.w_load.addr), w_mem.w_data.eq(self.w_load.data),
+                             w_mem.w_en.eq(1)]
+        m.d.comb += [lanes.weights.eq(w_mem.r_data), lanes.shift.eq(op2.shift),
                      lanes.cmd.eq(Mux(op2.valid, op2.cmd, LaneCommand.NOP))]
         # the one-entry buffer between the lanes and the firing stage
         done = Signal(sums_layout(cfg))

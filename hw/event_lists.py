@@ -8,9 +8,8 @@ A layer's input is a set of *event lists*, one per time plane ``t`` and input po
 - ``counts``: each list's length at ``(t << hb | y) << wb | x``, valid only while the list's bit
   is set in the nonempty bitmap (so a layer clears a map row in one cycle, not every length);
 - ``nonempty``: one bitmap row per map row ``y``, bit ``Cat(x, t)`` set when list ``(t, y, x)``
-  holds anything. The rows are kept in four banks by ``y mod 4``: the rows ``y - 1, y, y + 1``
-  that a 3x3 receptive field spans always lie in three different banks, so one synchronous read
-  port per bank returns all three in one cycle.
+  holds anything. The scanner reads one row per cycle into its own window of rows
+  (:class:`~bitspike.hw.walker.ListScanner`).
 
 Every memory has synchronous read ports only, so yosys maps it to block RAM (ECP5 DP16KD,
 iCE40 SB_RAM40_4K) or, when it is tiny, to registers; none is read combinationally. The walker
@@ -29,11 +28,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["BANKS", "EventLists", "ListFields", "append_signature", "clear_signature",
-           "fetch_signature", "list_geometry", "scan_signature"]
+from .memories import RamKind, SinglePortRAM
 
-#: nonempty-bitmap banks (rows ``y mod BANKS``); four, so that ``y - 1, y, y + 1`` never share
-BANKS = 4
+__all__ = ["EventLists", "ListFields", "append_signature", "clear_signature",
+           "fetch_signature", "list_geometry", "scan_signature"]
 
 
 def list_geometry(config) -> dict[str, int]:
@@ -52,12 +50,11 @@ def ListFields(geometry) -> data.StructLayout:
 
 
 def scan_signature(geometry) -> wiring.Signature:
-    """The scanner's port (its view): bitmap rows around ``row`` and one list's length, each
-    on the cycle after the request."""
+    """The scanner's port (its view): nonempty bitmap row ``row`` (``bits``) and one list's
+    length (``count``), each on the cycle after the request."""
     g = geometry
     return wiring.Signature({
-        "row": Out(g["row"]), "en": Out(1),
-        "rows": In(data.ArrayLayout(unsigned(g["planes"] << g["column"]), 3)),
+        "row": Out(g["row"]), "bits": In(unsigned(g["planes"] << g["column"])),
         "t": Out(g["plane"]), "y": Out(g["row"]), "x": Out(g["column"]),
         "count": In(g["count"])})
 
@@ -97,6 +94,9 @@ class EventLists(wiring.Component):
     config : EngineConfig
         Sizes every memory: ``event_depth`` entries and ``list_depth`` lengths per half,
         ``2^row`` bitmap rows of ``max_t << column`` bits.
+    events : RamKind
+        What the entries are built from (:class:`~bitspike.hw.memories.SinglePortRAM`: one
+        address per half, so a half is read or written in a cycle, never both).
 
     Members
     -------
@@ -108,9 +108,8 @@ class EventLists(wiring.Component):
         Address field widths of the lists read (this layer's) and written (the next layer's,
         or during the load this layer's).
     scan : In(scan_signature)
-        The scanner reads bitmap rows ``row - 1 .. row + 1`` of ``src`` when ``en``; ``rows``
-        shows them from the next cycle on, until the next read. ``count`` is the length of list
-        ``(t, y, x)`` of ``src`` requested in the previous cycle.
+        ``bits`` is bitmap row ``row`` of ``src`` and ``count`` the length of list ``(t, y, x)``
+        of ``src``, both as requested in the previous cycle.
     fetch : In(fetch_signature)
         ``event`` is entry ``k`` of list ``(t, y, x)`` of ``src`` requested in the previous cycle.
     append : In(append_signature)
@@ -122,9 +121,9 @@ class EventLists(wiring.Component):
         An append is still in the writer's pipeline.
     """
 
-    def __init__(self, *, config):
+    def __init__(self, *, config, events: RamKind = RamKind.BLOCK):
         g = self._geo = list_geometry(config)
-        self._config = config
+        self._config, self._events = config, events
         super().__init__({
             "src": In(1), "load": In(1),
             "rd_fields": In(ListFields(g)), "wr_fields": In(ListFields(g)),
@@ -142,11 +141,7 @@ class EventLists(wiring.Component):
         g = self._geo
         hb, wb, tb = g["row"], g["column"], g["plane"]
         row_bits = g["planes"] << wb
-        bank_bits = max(0, hb - 2)
-        bank_depth = 1 << bank_bits
         lb, eb = g["list_address"], g["event_address"]
-        yb = max(hb, 2)  # row numbers as wide as the bank index at least
-        s2_y = Signal(yb)
 
         wbuf = Signal()
         m.d.comb += wbuf.eq(Mux(self.load, self.src, ~self.src))
@@ -161,10 +156,10 @@ class EventLists(wiring.Component):
                      s2.index.eq(self.append.index), s2.half.eq(wbuf),
                      s2.kb.eq(self.wr_fields.kb), s2.wb.eq(self.wr_fields.wb),
                      s2.hb.eq(self.wr_fields.hb)]
-        m.d.comb += [self.busy.eq(s2.valid), s2_y.eq(s2.y)]
+        m.d.comb += self.busy.eq(s2.valid)
         s2_fields = data.View(ListFields(g), Cat(s2.kb, s2.wb, s2.hb))
 
-        events_rd, counts_rd, bank_rd = [], [], []
+        events_rd, counts_rd, maps_rd = [], [], []
         bit_at = Signal(tb + wb)
         m.d.comb += bit_at.eq(Cat(s2.x, s2.t))
         for half in range(2):
@@ -174,18 +169,15 @@ class EventLists(wiring.Component):
             writing = Signal(name=f"writing_{name}")
             m.d.comb += writing.eq(s2.valid & (s2.half == half))
 
-            events = Memory(shape=unsigned(g["event"]), depth=1 << eb, init=[])
+            events = SinglePortRAM(width=g["event"], depth=1 << eb, kind=self._events)
             counts = Memory(shape=unsigned(g["count"]), depth=1 << lb, init=[])
             m.submodules[f"events_{name}"] = events
             m.submodules[f"counts_{name}"] = counts
-            ev_w, cnt_w = events.write_port(), counts.write_port()
-            ev_r = events.read_port()
+            cnt_w = counts.write_port()
             cnt_r = counts.read_port(transparent_for=(cnt_w,))
-            events_rd.append(ev_r)
+            events_rd.append(events)
             counts_rd.append(cnt_r)
             m.d.comb += [
-                ev_r.addr.eq(_event_address(self.fetch.k, self.fetch.t, self.fetch.y,
-                                            self.fetch.x, self.rd_fields, lb, eb)),
                 cnt_r.addr.eq(Mux(reader,
                                   _list_address(self.scan.t, self.scan.y, self.scan.x,
                                                 self.rd_fields, lb),
@@ -193,69 +185,42 @@ class EventLists(wiring.Component):
                                                 self.wr_fields, lb))),
             ]
 
-            banks = []
-            for b in range(BANKS):
-                mem = Memory(shape=unsigned(row_bits), depth=bank_depth, init=[])
-                m.submodules[f"nonempty_{name}{b}"] = mem
-                w = mem.write_port()
-                r = mem.read_port(transparent_for=(w,))
-                banks.append((r, w))
-                # the scanner's row that falls in bank b: scan_row - 1 + d with d = (b - (scan_row
-                # - 1)) mod 4 (d = 3 is no row of the three)
-                first = Signal(yb, name=f"scan_first_{name}{b}")
-                m.d.comb += first.eq(self.scan.row - 1)
-                d = Signal(2, name=f"scan_d_{name}{b}")
-                m.d.comb += d.eq(b - first[:2])
-                scan_addr = Signal(yb, name=f"scan_row_{name}{b}")
-                m.d.comb += scan_addr.eq(first + d)
-                m.d.comb += [
-                    r.addr.eq(Mux(reader, scan_addr >> 2, self.append.y >> 2)[:max(1, bank_bits)]
-                              if bank_bits else 0),
-                    r.en.eq(Mux(reader, self.scan.en, 1)),
-                ]
-            bank_rd.append(banks)
+            bitmap = Memory(shape=unsigned(row_bits), depth=1 << hb, init=[])
+            m.submodules[f"nonempty_{name}"] = bitmap
+            map_w = bitmap.write_port()
+            map_r = bitmap.read_port(transparent_for=(map_w,))
+            maps_rd.append(map_r)
+            m.d.comb += map_r.addr.eq(Mux(reader, self.scan.row, self.append.y))
 
             # stage 2: the read length counts only while the list's bit is set
             row_now = Signal(row_bits, name=f"row_now_{name}")
-            with m.Switch(s2_y[:2]):
-                for b in range(BANKS):
-                    with m.Case(b):
-                        m.d.comb += row_now.eq(banks[b][0].data)
+            m.d.comb += row_now.eq(map_r.data)
             had = Signal(name=f"had_{name}")
             m.d.comb += had.eq(row_now.bit_select(bit_at, 1))
             length = Signal(g["count"], name=f"length_{name}")
             m.d.comb += length.eq(Mux(had, cnt_r.data, 0))
             m.d.comb += [
-                ev_w.addr.eq(_event_address(length, s2.t, s2.y, s2.x, s2_fields, lb, eb)),
-                ev_w.data.eq(s2.index), ev_w.en.eq(writing),
+                events.addr.eq(Mux(writing,
+                                   _event_address(length, s2.t, s2.y, s2.x, s2_fields, lb, eb),
+                                   _event_address(self.fetch.k, self.fetch.t, self.fetch.y,
+                                                  self.fetch.x, self.rd_fields, lb, eb))),
+                events.w_data.eq(s2.index), events.w_en.eq(writing),
                 cnt_w.addr.eq(_list_address(s2.t, s2.y, s2.x, s2_fields, lb)),
                 cnt_w.data.eq(length + 1), cnt_w.en.eq(writing),
             ]
             clearing = Signal(name=f"clearing_{name}")
             m.d.comb += clearing.eq(self.clear.valid & (wbuf == half))
-            for b, (_, w) in enumerate(banks):
-                with m.If(clearing & (Cat(self.clear.row, Const(0, 2))[:2] == b)):
-                    m.d.comb += [w.addr.eq(self.clear.row >> 2), w.data.eq(0), w.en.eq(1)]
-                with m.Elif(writing & (s2_y[:2] == b)):
-                    m.d.comb += [w.addr.eq(s2.y >> 2),
-                                 w.data.eq(row_now | (Const(1, row_bits) << bit_at)),
-                                 w.en.eq(1)]
+            with m.If(clearing):
+                m.d.comb += [map_w.addr.eq(self.clear.row), map_w.data.eq(0), map_w.en.eq(1)]
+            with m.Elif(writing):
+                m.d.comb += [map_w.addr.eq(s2.y),
+                             map_w.data.eq(row_now | (Const(1, row_bits) << bit_at)),
+                             map_w.en.eq(1)]
 
         # the walker side's read data, from the half it reads
         m.d.comb += [
-            self.fetch.event.eq(Mux(self.src, events_rd[1].data, events_rd[0].data)),
+            self.fetch.event.eq(Mux(self.src, events_rd[1].r_data, events_rd[0].r_data)),
             self.scan.count.eq(Mux(self.src, counts_rd[1].data, counts_rd[0].data)),
         ]
-        # rows scan_row - 1 + i, i = 0..2, of the last read: the read's row is remembered
-        scanned = Signal(yb)
-        with m.If(self.scan.en):
-            m.d.sync += scanned.eq(self.scan.row)
-        for i in range(3):
-            row = Signal(yb, name=f"scanned{i}")
-            m.d.comb += row.eq(scanned - 1 + i)
-            with m.Switch(row[:2]):
-                for b in range(BANKS):
-                    with m.Case(b):
-                        m.d.comb += self.scan.rows[i].eq(Mux(self.src, bank_rd[1][b][0].data,
-                                                        bank_rd[0][b][0].data))
+        m.d.comb += self.scan.bits.eq(Mux(self.src, maps_rd[1].data, maps_rd[0].data))
         return m

@@ -6,11 +6,11 @@ A *segment* is the set of event lists one output position reads: for each time p
 tap ``(dy, dx)`` of the 3x3 receptive field (a dense layer: one flat list per plane) the list
 ``(t, oy + dy - 1, ox + dx - 1)``.
 
-:class:`ListScanner` runs ahead of the walker: it reads the nonempty bitmaps of a segment's rows
-(one synchronous read), selects the segment's nonempty lists one per cycle, reads each one's
-length (one synchronous read) and queues ``(t, tap, length, last)``, or one *empty* entry for a
-segment without events. :class:`Walker` takes one queue entry per list and issues one accumulate
-per event (the entry's ``k``-th event read from block RAM), or one ``CLEAR`` for an empty
+:class:`ListScanner` runs ahead of the walker: it keeps a window of nonempty-bitmap rows filled
+one synchronous read per cycle, selects each segment's nonempty lists one per cycle, reads each
+one's length (one synchronous read) and queues ``(t, tap, length, last)``, or one *empty* entry
+for a segment without events. :class:`Walker` takes one queue entry per list and issues one
+accumulate per event (the entry's ``k``-th event read from block RAM), or one ``CLEAR`` for an empty
 segment. The scanner delivers at most one entry per cycle and the walker takes at most one, so
 after the scanner's start-up latency (:data:`SCAN_LATENCY` cycles at the start of each layer)
 the walker never waits for it: the engine's schedule is the comb-read engine's plus a fixed
@@ -18,7 +18,7 @@ latency per layer (:mod:`bitspike.sw.cycles`).
 """
 
 # No ``from __future__ import annotations``: wiring.Component reads real annotations.
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -32,6 +32,8 @@ __all__ = ["SCAN_LATENCY", "ListScanner", "Walker", "entry_layout", "meta_layout
 
 #: entries the scanner may queue ahead of the walker
 QUEUE_DEPTH = 4
+#: bitmap rows the list scanner keeps (three for a 3x3 field, four with a fused pool, two ahead)
+W_ROWS = 6
 
 
 def _bits(n: int) -> int:
@@ -136,9 +138,10 @@ def _tap_of(m, tap):
 class ListScanner(wiring.Component):
     """Queues the nonempty lists of every segment of a layer, in walk order.
 
-    Cost: a ``9 max_t``-bit slot mask register and priority encoder, the walk-order counters,
-    a :data:`QUEUE_DEPTH`-entry queue; one bitmap read per segment and one length read per
-    nonempty list, both synchronous.
+    Cost: a window of :data:`W_ROWS` bitmap rows (``max_t << column`` bits each), a
+    ``9 max_t``-bit slot mask register and priority encoder, the walk-order counters, a
+    :data:`QUEUE_DEPTH`-entry queue; one bitmap row read per cycle while the window has room and
+    one length read per nonempty list, both synchronous.
 
     Members
     -------
@@ -173,12 +176,10 @@ class ListScanner(wiring.Component):
         m.d.comb += [self.o_stream.valid.eq(queue.r_rdy), self.o_stream.payload.eq(queue.r_data),
                      queue.r_en.eq(self.o_stream.ready)]
 
-        # stage A: the next segment's position; its bitmap rows are read on the way to B
+        # stage A: the next segment's position, beside a window of bitmap rows
         a = _Order(self._config, "a")
         a.elaborate(m, desc)
         a_valid = Signal()
-        # stage B: the rows arrive; the segment's slot mask is computed
-        b_valid, b_oy, b_ox, b_t = Signal(), Signal.like(a.oy), Signal.like(a.ox), Signal.like(a.t)
         # stage C: one nonempty list per cycle; its length is read on the way to D
         c_valid, c_mask = Signal(), Signal(NL)
         c_oy, c_ox = Signal.like(a.oy), Signal.like(a.ox)
@@ -190,36 +191,96 @@ class ListScanner(wiring.Component):
         c_last = Signal()
         c_take = Signal()
         m.d.comb += c_take.eq(~c_valid | (room & c_last))
-        b_to_c = Signal()
-        m.d.comb += b_to_c.eq(b_valid & c_take)
-        a_to_b = Signal()
-        m.d.comb += a_to_b.eq(a_valid & (~b_valid | b_to_c) & self.run)
-        m.d.comb += [self.scan.row.eq(a.oy), self.scan.en.eq(a_to_b)]
+
+        # The row window: W_ROWS registers holding bitmap rows base - 1 .. base + W_ROWS - 2,
+        # base = the first output row of A's window row (wy, or 2 wy with a fused pool). A
+        # segment reads three of them (slots q1 .. q1 + 2, q1 = the pool position's row). The
+        # window slides by one row (two with a pool) when A moves to the next window row; one
+        # row is fetched per cycle from the bitmap memory into the lowest empty slot, so the
+        # fetch keeps ahead of A (a window row has at least one segment, four with a pool).
+        row_bits = T << wb
+        win = [Signal(row_bits, name=f"win{i}") for i in range(W_ROWS)]
+        have = Signal(W_ROWS)  # slot holds its row
+        asked = Signal(W_ROWS)  # slot's row is being read
+        primed = Signal()  # the window was full once since the layer started
+        base = Signal(hb + 2)
+        in_flight = Signal()
+        in_slot = Signal(range(W_ROWS))
+        q1 = Signal()
+        m.d.comb += q1.eq(desc.pool & a.q[1])
+        need = Signal(W_ROWS)
+        m.d.comb += need.eq(Mux(q1, 0b1110, 0b0111))
+        a_ready = Signal()
+        m.d.comb += a_ready.eq(primed & ((have & need) == need))
+        a_to_c = Signal()
+        m.d.comb += a_to_c.eq(a_valid & a_ready & c_take & self.run)
+        row_end = Signal()  # A's segment is the last of its window row, and not the layer's
+        m.d.comb += row_end.eq(~(desc.per_step & (a.t + 1 < desc.steps))
+                               & (a.q + 1 >= desc.quads) & (a.group + 1 >= desc.groups)
+                               & (a.wx + 1 >= desc.win_w) & (a.wy + 1 < desc.win_h))
+        shift = Signal(2)
+        with m.If(a_to_c & row_end):
+            m.d.comb += shift.eq(Mux(desc.pool, 2, 1))
+        # next frame: shifted, plus the row arriving from last cycle's read
+        have_sh, asked_sh = Signal(W_ROWS), Signal(W_ROWS)
+        m.d.comb += [have_sh.eq(have >> shift), asked_sh.eq(asked >> shift)]
+        land = Signal(range(-W_ROWS, W_ROWS + 1))
+        m.d.comb += land.eq(in_slot - shift)
+        landing = Signal()
+        m.d.comb += landing.eq(in_flight & (land >= 0))
+        have_nx, asked_nx = Signal(W_ROWS), Signal(W_ROWS)
+        m.d.comb += [have_nx.eq(have_sh), asked_nx.eq(asked_sh)]
+        with m.If(landing):
+            m.d.comb += [have_nx.eq(have_sh | (Const(1, W_ROWS) << land[:3])),
+                         asked_nx.eq(asked_sh & ~(Const(1, W_ROWS) << land[:3]))]
+        free = Signal(W_ROWS)
+        m.d.comb += free.eq(~have_nx & ~asked_nx)
+        fetch_slot = Signal(range(W_ROWS))
+        for i in reversed(range(W_ROWS)):
+            with m.If(free[i]):
+                m.d.comb += fetch_slot.eq(i)
+        base_nx = Signal.like(base)
+        m.d.comb += base_nx.eq(base + shift)
+        fetch_row = Signal(hb + 2)
+        m.d.comb += [fetch_row.eq(base_nx - 1 + fetch_slot), self.scan.row.eq(fetch_row[:hb])]
+        fetching = Signal()
+        m.d.comb += fetching.eq(self.run & (free != 0))
 
         with m.If(self.start):
-            m.d.sync += [*a.reset(), a_valid.eq(1), b_valid.eq(0), c_valid.eq(0)]
+            m.d.sync += [*a.reset(), a_valid.eq(1), c_valid.eq(0), have.eq(0), asked.eq(0),
+                         primed.eq(0), base.eq(0), in_flight.eq(0)]
         with m.Elif(self.run):
-            with m.If(a_to_b):
-                m.d.sync += [b_valid.eq(1), b_oy.eq(a.oy), b_ox.eq(a.ox), b_t.eq(a.t)]
+            asking = Mux(fetching, Const(1, W_ROWS) << fetch_slot, 0)
+            m.d.sync += [have.eq(have_nx), asked.eq(asked_nx | asking),
+                         base.eq(base_nx), in_flight.eq(fetching), in_slot.eq(fetch_slot)]
+            with m.If(have_nx == (1 << W_ROWS) - 1):
+                m.d.sync += primed.eq(1)
+            for i in range(W_ROWS):
+                with m.Switch(shift):
+                    for k in range(3):
+                        with m.Case(k):
+                            if i + k < W_ROWS:
+                                m.d.sync += win[i].eq(win[i + k])
+                with m.If(landing & (land == i)):
+                    m.d.sync += win[i].eq(self.scan.bits)
+            with m.If(a_to_c):
                 a.advance(m, desc)
                 with m.If(a.last):
                     m.d.sync += a_valid.eq(0)
-            with m.Elif(b_to_c):
-                m.d.sync += b_valid.eq(0)
 
-        # the nonempty mask of every (plane, tap) slot of B's output position
-        rows = self.scan.rows
+        # the nonempty mask of every (plane, tap) slot of A's output position
+        rows = [Mux(q1, win[dy + 1], win[dy]) for dy in range(3)]
         mask = Signal(NL)
         for t in range(T):
-            in_segment = Mux(desc.per_step, b_t == t, t < desc.t_in)
+            in_segment = Mux(desc.per_step, a.t == t, t < desc.t_in)
             dense_bit = rows[1][t << wb]
             for tap in range(TAPS):
                 dy, dx = divmod(tap, 3)
                 plane_row = rows[dy][t << wb:(t + 1) << wb]
                 col = Signal(wb + 1, name=f"col{t}_{tap}")
-                m.d.comb += col.eq(b_ox + dx - 1)
-                inside = (~((dy == 0) & (b_oy == 0)) & ~((dy == 2) & (b_oy + 1 == desc.h))
-                          & ~((dx == 0) & (b_ox == 0)) & ~((dx == 2) & (b_ox + 1 == desc.w)))
+                m.d.comb += col.eq(a.ox + dx - 1)
+                inside = (~((dy == 0) & (a.oy == 0)) & ~((dy == 2) & (a.oy + 1 == desc.h))
+                          & ~((dx == 0) & (a.ox == 0)) & ~((dx == 2) & (a.ox + 1 == desc.w)))
                 conv_bit = inside & plane_row.bit_select(col[:wb], 1)
                 bit = Mux(desc.kind == LayerKind.CONV3X3, conv_bit,
                           dense_bit if tap == 0 else 0)
@@ -248,10 +309,10 @@ class ListScanner(wiring.Component):
             m.d.sync += [d.valid.eq(1), d.entry.t.eq(slot_t), d.entry.tap.eq(slot_tap),
                          d.entry.last.eq(c_last), d.entry.empty.eq(c_mask == 0),
                          c_mask.eq(rest)]
-            with m.If(c_last & ~b_to_c):
+            with m.If(c_last & ~a_to_c):
                 m.d.sync += c_valid.eq(0)
-        with m.If(b_to_c & ~self.start):
-            m.d.sync += [c_valid.eq(1), c_mask.eq(mask), c_oy.eq(b_oy), c_ox.eq(b_ox)]
+        with m.If(a_to_c & ~self.start):
+            m.d.sync += [c_valid.eq(1), c_mask.eq(mask), c_oy.eq(a.oy), c_ox.eq(a.ox)]
 
         # stage D: queue the entry with its length (an empty segment's is 0)
         entry = Signal(self._entry)
