@@ -26,9 +26,12 @@ test: $(STAMP) tools
 	$(BIN)/pytest -W error::DeprecationWarning -W error::pytest.PytestUnraisableExceptionWarning -ra
 
 # Debian packages the RTL tests need: Icarus Verilog (the second cocotb simulator) and the LZ4
-# headers (Verilator's FST waveform writer compiles against lz4.h). Installed here when missing
+# headers (Verilator's FST waveform writer compiles against lz4.h), and the USB libraries
+# openFPGALoader needs to program a board (bitspike build --program). Installed here when missing
 # (CI runs as root on a clean machine; elsewhere through sudo).
-APT_NEEDS := iverilog:/usr/bin/iverilog liblz4-dev:/usr/include/lz4.h
+APT_NEEDS := iverilog:/usr/bin/iverilog liblz4-dev:/usr/include/lz4.h \
+             libusb-1.0-0:/usr/lib/x86_64-linux-gnu/libusb-1.0.so.0 \
+             libftdi1-2:/usr/lib/x86_64-linux-gnu/libftdi1.so.2
 
 tools:
 	@missing=; for need in $(APT_NEEDS); do \

@@ -105,8 +105,10 @@ class SinglePortRAM(wiring.Component):
 
     def __init__(self, *, width: int, depth: int, init=(), kind: RamKind = RamKind.BLOCK):
         if not isinstance(kind, RamKind):
+            self._MustUse__silence = True
             raise TypeError(f"kind must be a RamKind, not {kind!r}")
         if kind is RamKind.SPRAM and any(init):
+            self._MustUse__silence = True
             raise ValueError("SPRAM cannot be initialised by the bitstream: load its contents "
                              "at start-up (MemoryPlan.weights = RamKind.SPRAM adds the engine's "
                              "w_load port)")

@@ -13,7 +13,7 @@ from bitspike.hw.engine import Engine
 
 def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
                reset_after: int | None = None, vcd: str | None = None,
-               max_cycles: int = 2_000_000, on_result=None):
+               max_cycles: int = 2_000_000, on_result=None, background=()):
     """Stream ``images`` (integer level tensors) through the engine.
 
     Returns one ``(logits, klass, cycles)`` per image, logits as a list of ``(index, value)``;
@@ -22,6 +22,8 @@ def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
     asserts reset after that many cycles of the first image and then streams every image (the
     interrupted one again) from the start. ``vcd`` writes a waveform (tests: ``WAVES=1``).
     ``on_result(n, result)`` is called as each image's result arrives (progress reports).
+    ``background``: more async testbench functions to run beside the bench (models of what the
+    device is attached to, such as a flash chip); they may run forever.
     """
     rng = random.Random(seed)
     traced = hasattr(dut, "o_trace")
@@ -79,6 +81,8 @@ def run_engine(dut: Engine, images, *, ready_prob: float = 1.0, seed: int = 0,
     sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
+    for process in background:
+        sim.add_testbench(process, background=True)
     if vcd:
         with sim.write_vcd(vcd):
             sim.run()
