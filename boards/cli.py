@@ -44,7 +44,7 @@ def cmd_build(args) -> int:
     text = report.format() + f"\nreport: {out / 'report.txt'} and {out / 'report.json'}"
     if args.program:
         print(f"programming the {board.title} ...", file=sys.stderr, flush=True)
-        program_board(board, report.bitstream)
+        program_board(board, report.bitstream, flash_image=report.flash_image)
         result["programmed"] = True
         text += f"\nprogrammed the {board.title}"
     _emit(args, result, text)

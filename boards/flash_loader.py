@@ -169,13 +169,17 @@ class FlashLoader(wiring.Component):
                         with m.If(nbits == 7):
                             m.d.sync += nbits.eq(0)
                             if state == "Header":
+                                mismatch = Signal()
                                 with m.Switch(header):
                                     for i in range(16):
                                         with m.Case(i):
-                                            with m.If(got != expect[8 * i:8 * i + 8]):
-                                                m.next = "Error"
+                                            m.d.comb += mismatch.eq(
+                                                got != expect[8 * i:8 * i + 8])
                                 m.d.sync += header.eq(header + 1)
-                                with m.If(header == 15):
+                                # every byte is checked, the last one too
+                                with m.If(mismatch):
+                                    m.next = "Error"
+                                with m.Elif(header == 15):
                                     m.next = "Read"
                             else:
                                 with m.Switch(row_byte):

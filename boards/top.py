@@ -18,6 +18,11 @@
   engine's class equals the golden model's expected class for that image. The engine's output
   streams are always ready. This keeps the engine from being optimised away and makes the board
   show a real, checked inference.
+- **Memories.** On ECP5 every engine memory is block RAM initialised by the bitstream. On the
+  iCE40UP5K the weights and the event lists are in SPRAM (:mod:`bitspike.hw.memories`); the
+  weights are copied from the SPI flash (the image ``bitspike build`` writes next to the
+  bitstream, at :data:`~bitspike.boards.flash_loader.FLASH_OFFSET`) after every reset, with the
+  engine held in reset until they are in (:class:`~bitspike.boards.flash_loader.LoadedEngine`).
 """
 
 # No ``from __future__ import annotations``: wiring.Component reads real annotations.
@@ -30,8 +35,11 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
+from ..hw.config import weight_rows
+from ..hw.memories import MemoryPlan, RamKind
 from ..sw.errors import BitspikeError
 from ..sw.program import Program
+from .flash_loader import WAKE_SECONDS, LoadedEngine
 from .pll import PllSettings, ecp5_pll, ice40_pll, pll_instance
 from .targets import Board, Family, get_board
 
@@ -248,8 +256,17 @@ class BoardTop(wiring.Component):
                     or show_seconds < 0:
                 raise TypeError(f"show_seconds must be a non-negative number, not "
                                 f"{show_seconds!r}")
-            self._engine = Engine(config=config, program=program, trace=False)
-            self._selftest = SelfTest(engine=self._engine, images=levels, expected=expected,
+            # iCE40UP5K: weights and event lists in SPRAM, the weights loaded from the SPI
+            # flash after every reset (bitspike.boards.flash_loader); ECP5: block RAM
+            self._memory = MemoryPlan.for_family(self._board.family.value)
+            self._engine = Engine(config=config, program=program, trace=False,
+                                  memory=self._memory)
+            self._driven = self._engine
+            if self._memory.weights is RamKind.SPRAM:
+                self._driven = LoadedEngine(
+                    engine=self._engine, rows=sum(weight_rows(program, config.lanes)),
+                    wake_cycles=max(1, round(WAKE_SECONDS * self._clock_hz)))
+            self._selftest = SelfTest(engine=self._driven, images=levels, expected=expected,
                                       show_cycles=round(show_seconds * self._clock_hz))
         except Exception:
             self._MustUse__silence = True  # refused before it could be used: no warning
@@ -263,6 +280,11 @@ class BoardTop(wiring.Component):
     @property
     def engine(self):
         return self._engine
+
+    @property
+    def memory(self) -> MemoryPlan:
+        """Where the engine's weights and event lists live on this board."""
+        return self._memory
 
     @property
     def pll(self) -> PllSettings | None:
@@ -333,6 +355,14 @@ class BoardTop(wiring.Component):
         # request board.uart (the FTDI UART) and connect its receiver to the engine's i_stream
         # and o_logits / o_result to its transmitter; until then the self-test drives them.
         m.submodules.selftest = selftest = self._selftest
+        if isinstance(self._driven, LoadedEngine):  # the weights come from the SPI flash
+            pins = platform.request("spi_flash_1x", 0, dir="-")
+            flash = self._driven.flash
+            for name, sig in (("cs", flash.cs), ("clk", flash.clk), ("copi", flash.copi)):
+                m.submodules[f"flash_{name}"] = buf = io.Buffer("o", getattr(pins, name))
+                m.d.comb += buf.o.eq(sig)
+            m.submodules.flash_cipo = cipo = io.Buffer("i", pins.cipo)
+            m.d.comb += flash.cipo.eq(cipo.i)
 
         # --- LEDs -----------------------------------------------------------------------------
         def led(res):

@@ -52,10 +52,25 @@ from bitspike.sw.plan import LayerRow, PlanError, layer_plan
 from bitspike.sw.program import NEURON_MODES, Program
 
 __all__ = ["ENGINE_CONFIG_FORMAT", "ENGINE_CONFIG_VERSION", "EngineConfig", "EngineConfigError",
-           "EngineFitError", "pack_weights", "unpack_weights", "weight_rows"]
+           "EngineFitError", "MemoryShape", "pack_weights", "unpack_weights", "weight_rows"]
 
 ENGINE_CONFIG_FORMAT = "bitspike-engine-config"
 ENGINE_CONFIG_VERSION = 2  # 2: the map, channel and event-list fields
+
+
+@dataclass(frozen=True)
+class MemoryShape:
+    """One of the engine's memories: ``count`` copies of ``depth`` words of ``width`` bits,
+    read synchronously (block RAM) or, for a handful of words, combinationally (``"comb"``)."""
+
+    width: int
+    depth: int
+    count: int = 1
+    read: str = "sync"
+
+    @property
+    def bits(self) -> int:
+        return self.count * self.depth * self.width
 
 
 class EngineConfigError(BitspikeError):
@@ -483,44 +498,49 @@ class EngineConfig:
                 "list_address": max(1, (self.list_depth - 1).bit_length()),
                 "count": self.event_depth.bit_length() + 1}
 
-    def cost(self) -> dict[str, int]:
-        """What each parameter costs, in bits.
+    @property
+    def param_rows(self) -> int:
+        """Rows of each parameter memory (bias, threshold, v_init): one row of ``lanes``
+        values per group of ``lanes`` output channels of each weighted layer. A Program with at
+        most ``bias_depth`` channels in at most ``layer_depth`` weighted layers needs at most
+        ``ceil(bias_depth / lanes) + layer_depth - 1`` groups (each layer's rounding up adds at
+        most one), and never more than ``bias_depth``."""
+        return max(1, min(self.bias_depth,
+                          -(-self.bias_depth // self.lanes) + self.layer_depth - 1))
 
-        Keys (memories, then registers):
+    def memories(self) -> dict[str, MemoryShape]:
+        """The engine's memories as it builds them: the one table that :meth:`cost`, the
+        board budget (bitspike.boards.budget) and the engine's elaboration read.
 
-        ``weights``
-            ``weight_depth * lanes * weight_bits``.
-        ``bias``, ``threshold``, ``v_init``
-            ``depth * bits`` of each parameter memory.
-        ``layers``
-            the layer-table ROM, ``layer_depth`` rows of the typed
-            :class:`~bitspike.sw.plan.LayerRow`: the sum over its fields of the bits of each
-            field's bound on this config (:meth:`~bitspike.sw.plan.LayerRow.widths`, the widths
-            the engine gives its ROM), not the bundle's 16 descriptor words of 32 bits.
-        ``event_lists``
-            both ping-pong halves: ``2 * event_depth`` entries of a channel or flattened index
-            (``ceil(log2(max(act_depth, max_channels)))`` bits).
-        ``list_lengths``
-            both halves: ``2 * list_depth`` lengths of ``log2(event_depth) + 2`` bits.
-        ``nonempty_bitmaps``
-            both halves: one row per map row (``2^ceil(log2 max_height)``), ``max_t`` planes of
-            ``2^ceil(log2 max_width)`` bits each.
-        ``memory_bits``
-            the sum of the memories above.
-        ``accumulators``
-            register bits of the lanes' accumulators, ``lanes * acc_bits``.
-        ``register_bits``
-            the registers counted here (the accumulators); the sequencer is not counted.
+        ``weights`` (``weight_depth`` rows of ``lanes`` weights); ``bias``, ``threshold`` and
+        ``v_init`` (:attr:`param_rows` rows of ``lanes`` values; ``v_init`` only with the rate
+        mode); ``layers``, the layer-table ROM (``layer_depth`` rows of the typed
+        :class:`~bitspike.sw.plan.LayerRow`, each field as wide as its bound on this config,
+        :meth:`~bitspike.sw.plan.LayerRow.widths`; read combinationally, the only such
+        memory); and per ping-pong half (``count = 2``): ``event_lists`` (``2^event_address``
+        entries of a channel or flattened index), ``list_lengths`` (``2^list_address``
+        lengths) and ``nonempty_bitmaps`` (one row per map row, ``max_t`` planes of
+        ``2^column`` bits).
         """
-        f = self.list_field_bits()
-        mem = {"weights": self.weight_depth * self.lanes * self.weight_bits,
-               "bias": self.bias_depth * self.bias_bits,
-               "threshold": self.threshold_depth * self.threshold_bits,
-               "v_init": self.v_init_depth * self.v_init_bits,
-               "layers": self.layer_depth * sum(LayerRow.widths(self).values()),
-               "event_lists": 2 * self.event_depth * f["event"],
-               "list_lengths": 2 * self.list_depth * f["count"],
-               "nonempty_bitmaps": 2 * (1 << f["row"]) * (self.max_t << f["column"])}
+        f, P, rows = self.list_field_bits(), self.lanes, self.param_rows
+        return {
+            "weights": MemoryShape(P * self.weight_bits, max(1, self.weight_depth)),
+            "bias": MemoryShape(P * self.bias_bits, rows),
+            "threshold": MemoryShape(P * self.threshold_bits, rows),
+            "v_init": MemoryShape(P * max(1, self.v_init_bits), rows,
+                                  1 if "rate" in self.modes else 0),
+            "layers": MemoryShape(sum(LayerRow.widths(self).values()), self.layer_depth,
+                                  read="comb"),
+            "event_lists": MemoryShape(f["event"], 1 << f["event_address"], 2),
+            "list_lengths": MemoryShape(f["count"], 1 << f["list_address"], 2),
+            "nonempty_bitmaps": MemoryShape(self.max_t << f["column"], 1 << f["row"], 2)}
+
+    def cost(self) -> dict[str, int]:
+        """What each memory costs, in bits (:meth:`memories`: ``count * depth * width``), then
+        ``memory_bits`` (their sum), ``accumulators`` (``lanes * acc_bits`` register bits)
+        and ``register_bits`` (the registers counted here: the accumulators; the sequencer is
+        not counted)."""
+        mem = {name: shape.bits for name, shape in self.memories().items()}
         acc = self.lanes * self.acc_bits
         return {**mem, "memory_bits": sum(mem.values()), "accumulators": acc,
                 "register_bits": acc}

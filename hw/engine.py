@@ -183,13 +183,21 @@ class Engine(wiring.Component):
         rows = [row.as_dict() for row in self._plan]
 
         # ------------------------------------------------------------ layer table (ROM)
-        # a handful of rows: read combinationally (LUTs), the only such memory
+        # a handful of rows: read combinationally (LUTs), the only such memory, into a register
         m.submodules.layers = rom = Memory(shape=self._desc_layout, depth=cfg.layer_depth,
                                            init=rows)
+        # registered: the descriptor feeds most of the engine, so it starts every path at a
+        # flip-flop; it is read at the layer the next cycle will run. Its reset value is 0,
+        # not the first row (that would make the logic depend on the Program): the engine
+        # spends its first cycle after reset in Boot, while the first row is read
         layer = Signal(range(max(2, cfg.layer_depth)))
+        layer_next = Signal.like(layer)
+        m.d.comb += layer_next.eq(layer)
+        m.d.sync += layer.eq(layer_next)
         desc_port = rom.read_port(domain="comb")
-        m.d.comb += desc_port.addr.eq(layer)
-        desc = desc_port.data
+        m.d.comb += desc_port.addr.eq(layer_next)
+        desc = Signal(self._desc_layout)
+        m.d.sync += desc.eq(desc_port.data)
 
         # ------------------------------------------------------------ components
         m.submodules.lists = lists = EventLists(config=cfg, events=self._memory.events)
@@ -234,8 +242,10 @@ class Engine(wiring.Component):
         for name, arrays, bits in params:
             # one row per group of P channels; read synchronously for the segment that enters
             # the firing stage's buffer next (its data is there when the segment is taken)
-            mem = Memory(shape=unsigned(P * bits), depth=cfg.bias_depth,
-                         init=_pack_channel_rows(arrays, P, bits))
+            init = _pack_channel_rows(arrays, P, bits)
+            shape = cfg.memories()[name]
+            assert len(init) <= shape.depth and shape.width == P * bits, (name, len(init))
+            mem = Memory(shape=unsigned(shape.width), depth=shape.depth, init=init)
             m.submodules[name] = mem
             port = mem.read_port()
             param_ports.append(port)
@@ -279,8 +289,6 @@ class Engine(wiring.Component):
         # ------------------------------------------------------------ lists: fields and writers
         src, loading = Signal(), Signal()
         m.d.comb += [lists.src.eq(src), lists.load.eq(loading),
-                     lists.rd_fields.kb.eq(desc.in_kb), lists.rd_fields.wb.eq(desc.in_wb),
-                     lists.rd_fields.hb.eq(desc.in_hb),
                      lists.wr_fields.kb.eq(Mux(loading, desc.in_kb, desc.out_kb)),
                      lists.wr_fields.wb.eq(Mux(loading, desc.in_wb, desc.out_wb)),
                      lists.wr_fields.hb.eq(Mux(loading, desc.in_hb, desc.out_hb))]
@@ -319,7 +327,14 @@ class Engine(wiring.Component):
         clear_row = Signal(hb + 1)
         m.d.comb += lists.clear.row.eq(clear_row)
 
+        # in the Walk state, as a flip-flop (decoded from the state it was the head of the
+        # scanner's critical path)
+        walking = Signal()
+        m.d.comb += [scanner.run.eq(walking), walker.run.eq(walking)]
         with m.FSM(name="engine"):
+            with m.State("Boot"):  # one cycle after reset: the first layer's row is read
+                m.next = "ClearInput"
+
             with m.State("ClearInput"):  # the first layer's input rows: nothing listed yet
                 m.d.comb += [loading.eq(1), lists.clear.valid.eq(1)]
                 with m.If(clear_row + 1 >= Mux(desc.in_flat, 1, desc.h)):
@@ -371,18 +386,20 @@ class Engine(wiring.Component):
                 with m.If(desc.fires):
                     m.next = "ClearOutput"
                 with m.Else():
+                    m.d.sync += walking.eq(1)
                     m.next = "Walk"
 
             with m.State("ClearOutput"):  # the rows of the lists this layer writes
                 m.d.comb += lists.clear.valid.eq(1)
                 with m.If(clear_row + 1 >= desc.clear_rows):
+                    m.d.sync += walking.eq(1)
                     m.next = "Walk"
                 with m.Else():
                     m.d.sync += clear_row.eq(clear_row + 1)
 
             with m.State("Walk"):
-                m.d.comb += [scanner.run.eq(1), walker.run.eq(1)]
                 with m.If(walker.done):
+                    m.d.sync += walking.eq(0)
                     m.next = "Drain"
 
             with m.State("Drain"):  # the last segments fire and write
@@ -393,13 +410,14 @@ class Engine(wiring.Component):
                         m.next = "LayerEnd"
 
             with m.State("LayerEnd"):
-                m.d.sync += [src.eq(~src), layer.eq(layer + 1)]
+                m.d.sync += src.eq(~src)
+                m.d.comb += layer_next.eq(layer + 1)
                 m.next = "LayerStart"
 
             with m.State("Result"):
                 m.d.comb += [in_result.eq(1), output.finish.eq(1)]
                 with m.If(self.o_result.ready):
-                    m.d.sync += [layer.eq(0), src.eq(0), cycles.eq(0), started.eq(0),
-                                 clear_row.eq(0)]
+                    m.d.sync += [src.eq(0), cycles.eq(0), started.eq(0), clear_row.eq(0)]
+                    m.d.comb += layer_next.eq(0)
                     m.next = "ClearInput"
         return m

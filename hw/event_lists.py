@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 from .memories import RamKind, SinglePortRAM
 
 __all__ = ["EventLists", "ListFields", "append_signature", "clear_signature",
-           "fetch_signature", "list_geometry", "scan_signature"]
+           "fetch_signature", "list_address", "list_geometry", "scan_signature"]
 
 
 def list_geometry(config) -> dict[str, int]:
@@ -50,20 +50,21 @@ def ListFields(geometry) -> data.StructLayout:
 
 
 def scan_signature(geometry) -> wiring.Signature:
-    """The scanner's port (its view): nonempty bitmap row ``row`` (``bits``) and one list's
-    length (``count``), each on the cycle after the request."""
+    """The scanner's port (its view): nonempty bitmap row ``row`` (``bits``) and the length
+    (``count``) of the list at address ``list`` (:func:`list_address`), each on the cycle
+    after the request."""
     g = geometry
     return wiring.Signature({
         "row": Out(g["row"]), "bits": In(unsigned(g["planes"] << g["column"])),
-        "t": Out(g["plane"]), "y": Out(g["row"]), "x": Out(g["column"]),
-        "count": In(g["count"])})
+        "list": Out(g["list_address"]), "count": In(g["count"])})
 
 
 def fetch_signature(geometry) -> wiring.Signature:
-    """The walker's port (its view): entry ``k`` of list ``(t, y, x)`` on the next cycle."""
+    """The walker's port (its view): the entry at event address ``addr`` (list ``l``'s entry
+    ``k`` is at ``l << kb | k``) on the next cycle. The walker gets ``l << kb`` from the
+    scanner with each list, so nothing but an OR stands between its queue and the address."""
     g = geometry
-    return wiring.Signature({"t": Out(g["plane"]), "y": Out(g["row"]), "x": Out(g["column"]),
-                             "k": Out(g["count"]), "event": In(g["event"])})
+    return wiring.Signature({"addr": Out(g["event_address"]), "event": In(g["event"])})
 
 
 def append_signature(geometry) -> wiring.Signature:
@@ -78,12 +79,10 @@ def clear_signature(geometry) -> wiring.Signature:
     return wiring.Signature({"valid": Out(1), "row": Out(geometry["row"])})
 
 
-def _list_address(t, y, x, fields, bits):
+def list_address(t, y, x, fields, bits):
+    """The address of list ``(t, y, x)`` (``bits`` wide) for the field widths ``fields``
+    (:func:`ListFields`): ``(t << hb | y) << wb | x``."""
     return ((((t << fields.hb) | y) << fields.wb) | x)[:bits]
-
-
-def _event_address(k, t, y, x, fields, list_bits, event_bits):
-    return ((_list_address(t, y, x, fields, list_bits) << fields.kb) | k)[:event_bits]
 
 
 class EventLists(wiring.Component):
@@ -104,14 +103,14 @@ class EventLists(wiring.Component):
         The half the walker side reads (the current layer's input).
     load : In(1)
         Appends and clears go to ``src`` (the input load) instead of the other half.
-    rd_fields, wr_fields : In(ListFields)
-        Address field widths of the lists read (this layer's) and written (the next layer's,
-        or during the load this layer's).
+    wr_fields : In(ListFields)
+        Address field widths of the lists written (the next layer's, or during the load this
+        layer's); the reading side gives whole addresses.
     scan : In(scan_signature)
-        ``bits`` is bitmap row ``row`` of ``src`` and ``count`` the length of list ``(t, y, x)``
+        ``bits`` is bitmap row ``row`` of ``src`` and ``count`` the length of list ``list``
         of ``src``, both as requested in the previous cycle.
     fetch : In(fetch_signature)
-        ``event`` is entry ``k`` of list ``(t, y, x)`` of ``src`` requested in the previous cycle.
+        ``event`` is the entry at ``addr`` of ``src`` requested in the previous cycle.
     append : In(append_signature)
         Append ``index`` to list ``(t, y, x)`` of the written half (one per cycle; it lands on
         the next cycle).
@@ -126,7 +125,7 @@ class EventLists(wiring.Component):
         self._config, self._events = config, events
         super().__init__({
             "src": In(1), "load": In(1),
-            "rd_fields": In(ListFields(g)), "wr_fields": In(ListFields(g)),
+            "wr_fields": In(ListFields(g)),
             "scan": In(scan_signature(g)), "fetch": In(fetch_signature(g)),
             "append": In(append_signature(g)), "clear": In(clear_signature(g)),
             "busy": Out(1),
@@ -146,26 +145,39 @@ class EventLists(wiring.Component):
         wbuf = Signal()
         m.d.comb += wbuf.eq(Mux(self.load, self.src, ~self.src))
 
-        # writer stage 2: the append read in the previous cycle
-        s2 = Signal(data.StructLayout({"valid": 1, "t": tb, "y": hb, "x": wb,
-                                       "index": g["event"], "half": 1,
-                                       "kb": len(self.wr_fields.kb), "wb": len(self.wr_fields.wb),
-                                       "hb": len(self.wr_fields.hb)}))
-        m.d.sync += [s2.valid.eq(self.append.valid), s2.t.eq(self.append.t),
-                     s2.y.eq(self.append.y), s2.x.eq(self.append.x),
-                     s2.index.eq(self.append.index), s2.half.eq(wbuf),
-                     s2.kb.eq(self.wr_fields.kb), s2.wb.eq(self.wr_fields.wb),
-                     s2.hb.eq(self.wr_fields.hb)]
-        m.d.comb += self.busy.eq(s2.valid)
-        s2_fields = data.View(ListFields(g), Cat(s2.kb, s2.wb, s2.hb))
+        # writer stage 1: the append, registered; its list's length and bitmap row are read
+        stage = data.StructLayout({"valid": 1, "t": tb, "y": hb, "x": wb,
+                                   "index": g["event"], "half": 1,
+                                   "kb": len(self.wr_fields.kb), "wb": len(self.wr_fields.wb),
+                                   "hb": len(self.wr_fields.hb), "list": lb})
+        s1, s2 = Signal(stage), Signal(stage)
+        m.d.sync += [s1.valid.eq(self.append.valid), s1.t.eq(self.append.t),
+                     s1.y.eq(self.append.y), s1.x.eq(self.append.x),
+                     s1.index.eq(self.append.index), s1.half.eq(wbuf),
+                     s1.kb.eq(self.wr_fields.kb), s1.wb.eq(self.wr_fields.wb),
+                     s1.hb.eq(self.wr_fields.hb)]
+        s1_fields = data.View(ListFields(g), Cat(s1.kb, s1.wb, s1.hb))
+        s1_list = Signal(lb)
+        m.d.comb += s1_list.eq(list_address(s1.t, s1.y, s1.x, s1_fields, lb))
+        # writer stage 2: the entry, the new length and the row are written
+        m.d.sync += [s2.eq(s1), s2.list.eq(s1_list)]
+        s2_base = Signal(eb)  # the list's first entry's address, registered with stage 2
+        m.d.sync += s2_base.eq((s1_list << s1_fields.kb)[:eb])
+        m.d.comb += self.busy.eq(s1.valid | s2.valid)
 
         events_rd, counts_rd, maps_rd = [], [], []
-        bit_at = Signal(tb + wb)
-        m.d.comb += bit_at.eq(Cat(s2.x, s2.t))
+        # the list's bit in its bitmap row, one-hot and registered with stage 2 (a bit select
+        # of the row just read, in front of the length's increment, was the iCE40's
+        # critical path)
+        s1_bit, bit = Signal(row_bits), Signal(row_bits)
+        m.d.comb += s1_bit.eq(Const(1, row_bits) << Cat(s1.x, s1.t))
+        m.d.sync += bit.eq(s1_bit)
         for half in range(2):
             name = "ab"[half]
-            reader = Signal(name=f"reader_{name}")  # the walker side reads this half
-            m.d.comb += reader.eq((self.src == half) & ~self.load)
+            # the walker side reads this half's lengths and rows unless the writer's stage 1
+            # reads them (the writer's half is the other one, except while the input loads)
+            reader = Signal(name=f"reader_{name}")
+            m.d.comb += reader.eq(~(s1.valid & (s1.half == half)))
             writing = Signal(name=f"writing_{name}")
             m.d.comb += writing.eq(s2.valid & (s2.half == half))
 
@@ -178,11 +190,7 @@ class EventLists(wiring.Component):
             events_rd.append(events)
             counts_rd.append(cnt_r)
             m.d.comb += [
-                cnt_r.addr.eq(Mux(reader,
-                                  _list_address(self.scan.t, self.scan.y, self.scan.x,
-                                                self.rd_fields, lb),
-                                  _list_address(self.append.t, self.append.y, self.append.x,
-                                                self.wr_fields, lb))),
+                cnt_r.addr.eq(Mux(reader, self.scan.list, s1_list)),
             ]
 
             bitmap = Memory(shape=unsigned(row_bits), depth=1 << hb, init=[])
@@ -190,23 +198,21 @@ class EventLists(wiring.Component):
             map_w = bitmap.write_port()
             map_r = bitmap.read_port(transparent_for=(map_w,))
             maps_rd.append(map_r)
-            m.d.comb += map_r.addr.eq(Mux(reader, self.scan.row, self.append.y))
+            m.d.comb += map_r.addr.eq(Mux(reader, self.scan.row, s1.y))
 
             # stage 2: the read length counts only while the list's bit is set
             row_now = Signal(row_bits, name=f"row_now_{name}")
             m.d.comb += row_now.eq(map_r.data)
             had = Signal(name=f"had_{name}")
-            m.d.comb += had.eq(row_now.bit_select(bit_at, 1))
+            m.d.comb += had.eq((row_now & bit).any())
             length = Signal(g["count"], name=f"length_{name}")
             m.d.comb += length.eq(Mux(had, cnt_r.data, 0))
             m.d.comb += [
-                events.addr.eq(Mux(writing,
-                                   _event_address(length, s2.t, s2.y, s2.x, s2_fields, lb, eb),
-                                   _event_address(self.fetch.k, self.fetch.t, self.fetch.y,
-                                                  self.fetch.x, self.rd_fields, lb, eb))),
+                events.addr.eq(Mux(writing, (s2_base | length)[:eb], self.fetch.addr)),
                 events.w_data.eq(s2.index), events.w_en.eq(writing),
-                cnt_w.addr.eq(_list_address(s2.t, s2.y, s2.x, s2_fields, lb)),
-                cnt_w.data.eq(length + 1), cnt_w.en.eq(writing),
+                cnt_w.addr.eq(s2.list),
+                # the increment beside the bit test, not after it
+                cnt_w.data.eq(Mux(had, cnt_r.data + 1, 1)), cnt_w.en.eq(writing),
             ]
             clearing = Signal(name=f"clearing_{name}")
             m.d.comb += clearing.eq(self.clear.valid & (wbuf == half))
@@ -214,7 +220,7 @@ class EventLists(wiring.Component):
                 m.d.comb += [map_w.addr.eq(self.clear.row), map_w.data.eq(0), map_w.en.eq(1)]
             with m.Elif(writing):
                 m.d.comb += [map_w.addr.eq(s2.y),
-                             map_w.data.eq(row_now | (Const(1, row_bits) << bit_at)),
+                             map_w.data.eq(row_now | bit),
                              map_w.en.eq(1)]
 
         # the walker side's read data, from the half it reads

@@ -14,7 +14,7 @@ one append to the next layer's lists, one per cycle; the output layer's values l
 # No ``from __future__ import annotations``: wiring.Component reads real annotations.
 from contextlib import nullcontext
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -63,6 +63,14 @@ def params_layout(config) -> data.StructLayout:
         fields["v_init"] = data.ArrayLayout(signed(max(1, config.v_init_bits)), P)
     return data.StructLayout(fields)
 
+
+
+def _or_select(hot, values):
+    """``values[i]`` for the one set bit ``i`` of ``hot`` (0 when none), by AND-OR."""
+    out = 0
+    for i, value in enumerate(values):
+        out = out | Mux(hot[i], value, 0)
+    return out
 
 class FiringStage(wiring.Component):
     """Fires one segment at a time; its occupancy is the cycle model's ``f_i``.
@@ -374,23 +382,31 @@ class FiringStage(wiring.Component):
                             m.next = "Idle"
 
             with m.State("Write"):  # one append per emitted 1-bit
-                lowest = Signal(range(TP))
-                for i in reversed(range(TP)):
-                    with m.If(pending[i]):
-                        m.d.comb += lowest.eq(i)
-                plane, lane = Signal(range(T)), Signal(range(max(P, 2)))
-                with m.Switch(lowest):
-                    for i in range(TP):
-                        with m.Case(i):
-                            m.d.comb += [plane.eq(i // P), lane.eq(i % P)]
+                # the lowest pending bit, one-hot (a carry chain), and its plane, lane and
+                # lane offset by OR trees: a priority chain over the T * P bits and a binary
+                # lane index into a multiplexer were the ECP5's critical path at P = 16
+                lowest = Signal(TP)
+                m.d.comb += lowest.eq(pending & -pending)
+                plane, lane_hot = Signal(range(T)), Signal(P)
+                for j in range(len(plane)):
+                    bits = [lowest[i] for i in range(TP) if (i // P) >> j & 1]
+                    if bits:
+                        m.d.comb += plane[j].eq(Cat(*bits).any())
+                for q in range(P):
+                    m.d.comb += lane_hot[q].eq(Cat(*[lowest[t * P + q] for t in range(T)]).any())
+                lane = Signal(range(max(P, 2)))
+                for j in range(len(lane)):
+                    bits = [lane_hot[q] for q in range(P) if q >> j & 1]
+                    if bits:
+                        m.d.comb += lane[j].eq(Cat(*bits).any())
                 offset = Signal.like(lane_off[0])
-                m.d.comb += offset.eq(Array(lane_off)[lane])
+                m.d.comb += offset.eq(_or_select(lane_hot, lane_off))
                 with m.If(desc.wr_flat):
                     m.d.comb += append(wbase + plane, 0, 0, fm.flat + offset + fm.wpos)
                 with m.Else():
                     m.d.comb += append(wbase + plane, fm.wy, fm.wx, fm.chan + lane)
                 rest = Signal(TP)
-                m.d.comb += rest.eq(pending & ~(Const(1, TP) << lowest))
+                m.d.comb += rest.eq(pending & ~lowest)
                 m.d.sync += pending.eq(rest)
                 with m.If(rest == 0):
                     m.next = "Idle"

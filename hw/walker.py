@@ -24,14 +24,14 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..sw.plan import SCAN_LATENCY, TAPS, LayerKind
-from .event_lists import fetch_signature, list_geometry, scan_signature
+from .event_lists import ListFields, fetch_signature, list_address, list_geometry, scan_signature
 from .lanes import LaneCommand
 
 __all__ = ["SCAN_LATENCY", "ListScanner", "Walker", "entry_layout", "meta_layout",
            "op_layout"]
 
 #: entries the scanner may queue ahead of the walker
-QUEUE_DEPTH = 4
+QUEUE_DEPTH = 5
 #: bitmap rows the list scanner keeps (three for a 3x3 field, four with a fused pool, two ahead)
 W_ROWS = 6
 
@@ -41,11 +41,14 @@ def _bits(n: int) -> int:
 
 
 def entry_layout(config) -> data.StructLayout:
-    """One queued list: plane ``t``, ``tap`` (``dy * 3 + dx``), its ``count`` of events,
-    ``last`` list of its segment, or ``empty``: a segment without events."""
+    """One queued list: plane ``t``, ``tap`` (``dy * 3 + dx``), the event address of its
+    first entry ``base`` (``list << kb``), its ``count`` of events and whether that is one
+    (``single``), ``last`` list of its segment, or ``empty``: a segment without events."""
     g = list_geometry(config)
     return data.StructLayout({"t": unsigned(g["plane"]), "tap": unsigned(4),
-                              "count": unsigned(g["count"]), "last": 1, "empty": 1})
+                              "base": unsigned(g["event_address"]),
+                              "count": unsigned(g["count"]), "single": 1, "last": 1,
+                              "empty": 1})
 
 
 def meta_layout(config) -> data.StructLayout:
@@ -126,6 +129,54 @@ def _receptive(m, desc, oy, ox, dy, dx):
     return iy, ix
 
 
+def _at_most_one(bits):
+    """At most one of ``bits`` is set, by a tree (no carry chain: it is on the scanner's
+    critical path)."""
+    pairs = [(bits[i], None) for i in range(len(bits))]
+    while len(pairs) > 1:
+        nxt = []
+        for i in range(0, len(pairs) - 1, 2):
+            (a1, m1), (a2, m2) = pairs[i], pairs[i + 1]
+            many = a1 & a2
+            for extra in (m1, m2):
+                if extra is not None:
+                    many = many | extra
+            nxt.append((a1 | a2, many))
+        if len(pairs) % 2:
+            nxt.append(pairs[-1])
+        pairs = nxt
+    many = pairs[0][1]
+    return ~many if many is not None else Const(1, 1)
+
+
+def _at_most_two(bits):
+    """At most two of ``bits`` are set, by a tree of (any, two or more, three or more)."""
+    nodes = [(bits[i], None, None) for i in range(len(bits))]
+
+    def _or(*xs):
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return None
+        out = xs[0]
+        for x in xs[1:]:
+            out = out | x
+        return out
+
+    while len(nodes) > 1:
+        nxt = []
+        for i in range(0, len(nodes) - 1, 2):
+            (a1, b1, c1), (a2, b2, c2) = nodes[i], nodes[i + 1]
+            two = _or(a1 & a2, b1, b2)
+            three = _or(c1, c2, None if b1 is None else b1 & a2,
+                        None if b2 is None else a1 & b2)
+            nxt.append((a1 | a2, two, three))
+        if len(nodes) % 2:
+            nxt.append(nodes[-1])
+        nodes = nxt
+    three = nodes[0][2]
+    return ~three if three is not None else Const(1, 1)
+
+
 def _tap_of(m, tap):
     dy, dx = Signal(2), Signal(2)
     with m.Switch(tap):
@@ -181,13 +232,20 @@ class ListScanner(wiring.Component):
         a.elaborate(m, desc)
         a_valid = Signal()
         # stage C: one nonempty list per cycle; its length is read on the way to D
+        # stage B: the segment's nonempty mask, registered (its at-most-one test, which C
+        # needs as a register, then starts at a flip-flop)
+        b_valid, b_mask = Signal(), Signal(NL)
+        b_oy, b_ox = Signal.like(a.oy), Signal.like(a.ox)
         c_valid, c_mask = Signal(), Signal(NL)
         c_oy, c_ox = Signal.like(a.oy), Signal.like(a.ox)
         # stage D: the length arrives; the entry is queued
         d = Signal(data.StructLayout({"valid": 1, "entry": self._entry}))
 
+        # entries in C2, D and the queue, as a register (the queue's level and the stage
+        # valids summed and compared were the head of the iCE40's critical path)
+        occupancy = Signal(range(QUEUE_DEPTH + 1))
         room = Signal()
-        m.d.comb += room.eq(queue.level + d.valid < QUEUE_DEPTH)
+        m.d.comb += room.eq(occupancy < QUEUE_DEPTH)
         c_last = Signal()
         c_take = Signal()
         m.d.comb += c_take.eq(~c_valid | (room & c_last))
@@ -201,69 +259,65 @@ class ListScanner(wiring.Component):
         row_bits = T << wb
         win = [Signal(row_bits, name=f"win{i}") for i in range(W_ROWS)]
         have = Signal(W_ROWS)  # slot holds its row
-        asked = Signal(W_ROWS)  # slot's row is being read
+        # slot's row is being read: one-hot (one read per cycle, landing on the next), so the
+        # landing slot needs no index arithmetic
+        asked = Signal(W_ROWS)
         primed = Signal()  # the window was full once since the layer started
         base = Signal(hb + 2)
-        in_flight = Signal()
-        in_slot = Signal(range(W_ROWS))
         q1 = Signal()
         m.d.comb += q1.eq(desc.pool & a.q[1])
         need = Signal(W_ROWS)
         m.d.comb += need.eq(Mux(q1, 0b1110, 0b0111))
+        primed_now = Signal()
+        m.d.comb += primed_now.eq(primed | (have == (1 << W_ROWS) - 1))
         a_ready = Signal()
-        m.d.comb += a_ready.eq(primed & ((have & need) == need))
-        a_to_c = Signal()
-        m.d.comb += a_to_c.eq(a_valid & a_ready & c_take & self.run)
+        m.d.comb += a_ready.eq(primed_now & ((have & need) == need))
+        b_to_c = Signal()
+        m.d.comb += b_to_c.eq(b_valid & c_take)
+        a_to_b = Signal()
+        m.d.comb += a_to_b.eq(a_valid & a_ready & (~b_valid | c_take) & self.run)
         row_end = Signal()  # A's segment is the last of its window row, and not the layer's
         m.d.comb += row_end.eq(~(desc.per_step & (a.t + 1 < desc.steps))
                                & (a.q + 1 >= desc.quads) & (a.group + 1 >= desc.groups)
                                & (a.wx + 1 >= desc.win_w) & (a.wy + 1 < desc.win_h))
         shift = Signal(2)
-        with m.If(a_to_c & row_end):
+        with m.If(a_to_b & row_end):
             m.d.comb += shift.eq(Mux(desc.pool, 2, 1))
-        # next frame: shifted, plus the row arriving from last cycle's read
-        have_sh, asked_sh = Signal(W_ROWS), Signal(W_ROWS)
-        m.d.comb += [have_sh.eq(have >> shift), asked_sh.eq(asked >> shift)]
-        land = Signal(range(-W_ROWS, W_ROWS + 1))
-        m.d.comb += land.eq(in_slot - shift)
-        landing = Signal()
-        m.d.comb += landing.eq(in_flight & (land >= 0))
-        have_nx, asked_nx = Signal(W_ROWS), Signal(W_ROWS)
-        m.d.comb += [have_nx.eq(have_sh), asked_nx.eq(asked_sh)]
-        with m.If(landing):
-            m.d.comb += [have_nx.eq(have_sh | (Const(1, W_ROWS) << land[:3])),
-                         asked_nx.eq(asked_sh & ~(Const(1, W_ROWS) << land[:3]))]
+        # next frame: shifted, with the row arriving from last cycle's read (slot `asked`)
+        have_nx, land_at = Signal(W_ROWS), Signal(W_ROWS)
+        m.d.comb += [have_nx.eq((have | asked) >> shift), land_at.eq(asked >> shift)]
+        # the fetch looks at this cycle's window (not the shifted one, which would put the
+        # shift's logic in front of the bitmap read's address); its row lands shifted
         free = Signal(W_ROWS)
-        m.d.comb += free.eq(~have_nx & ~asked_nx)
+        m.d.comb += free.eq(~have & ~asked)
         fetch_slot = Signal(range(W_ROWS))
         for i in reversed(range(W_ROWS)):
             with m.If(free[i]):
                 m.d.comb += fetch_slot.eq(i)
+        fetch_one = Signal(W_ROWS)  # the lowest free slot, one-hot
+        m.d.comb += fetch_one.eq(free & -free)
+        fetch_row = Signal(hb + 2)
+        m.d.comb += [fetch_row.eq(base - 1 + fetch_slot), self.scan.row.eq(fetch_row[:hb])]
         base_nx = Signal.like(base)
         m.d.comb += base_nx.eq(base + shift)
-        fetch_row = Signal(hb + 2)
-        m.d.comb += [fetch_row.eq(base_nx - 1 + fetch_slot), self.scan.row.eq(fetch_row[:hb])]
-        fetching = Signal()
-        m.d.comb += fetching.eq(self.run & (free != 0))
 
         with m.If(self.start):
-            m.d.sync += [*a.reset(), a_valid.eq(1), c_valid.eq(0), have.eq(0), asked.eq(0),
-                         primed.eq(0), base.eq(0), in_flight.eq(0)]
+            m.d.sync += [*a.reset(), a_valid.eq(1), b_valid.eq(0), c_valid.eq(0), have.eq(0),
+                         asked.eq(0),
+                         primed.eq(0), base.eq(0)]
         with m.Elif(self.run):
-            asking = Mux(fetching, Const(1, W_ROWS) << fetch_slot, 0)
-            m.d.sync += [have.eq(have_nx), asked.eq(asked_nx | asking),
-                         base.eq(base_nx), in_flight.eq(fetching), in_slot.eq(fetch_slot)]
-            with m.If(have_nx == (1 << W_ROWS) - 1):
-                m.d.sync += primed.eq(1)
+            # the fetched slot in the next frame (a row shifted out of the window is dropped)
+            m.d.sync += [have.eq(have_nx), asked.eq(fetch_one >> shift), base.eq(base_nx)]
+            m.d.sync += primed.eq(primed_now)
             for i in range(W_ROWS):
                 with m.Switch(shift):
                     for k in range(3):
                         with m.Case(k):
                             if i + k < W_ROWS:
                                 m.d.sync += win[i].eq(win[i + k])
-                with m.If(landing & (land == i)):
+                with m.If(land_at[i]):
                     m.d.sync += win[i].eq(self.scan.bits)
-            with m.If(a_to_c):
+            with m.If(a_to_b):
                 a.advance(m, desc)
                 with m.If(a.last):
                     m.d.sync += a_valid.eq(0)
@@ -286,38 +340,61 @@ class ListScanner(wiring.Component):
                           dense_bit if tap == 0 else 0)
                 m.d.comb += mask[t * TAPS + tap].eq(bit & in_segment)
 
-        # stage C: the lowest remaining slot, its list's length read
-        lowest = Signal(range(max(2, NL)))
-        for i in reversed(range(NL)):
-            with m.If(c_mask[i]):
-                m.d.comb += lowest.eq(i)
+        # stage C: the lowest remaining slot (one-hot, then its plane and tap by OR trees)
         rest = Signal(NL)
-        m.d.comb += [rest.eq(c_mask & (c_mask - 1)), c_last.eq(rest == 0)]
+        low = Signal(NL)
+        m.d.comb += [rest.eq(c_mask & (c_mask - 1)), low.eq(c_mask & ~rest)]
         slot_t, slot_tap = Signal(tb + 1), Signal(4)
-        with m.Switch(lowest):
-            for s in range(NL):
-                with m.Case(s):
-                    m.d.comb += [slot_t.eq(s // TAPS), slot_tap.eq(s % TAPS)]
-        dy, dx = _tap_of(m, slot_tap)
-        iy, ix = _receptive(m, desc, c_oy, c_ox, dy, dx)
-        m.d.comb += [self.scan.t.eq(slot_t), self.scan.y.eq(iy[:hb]), self.scan.x.eq(ix[:wb])]
+        for j in range(len(slot_t)):
+            if T > 1 << j:
+                planes = [low[i] for i in range(NL) if (i // TAPS) >> j & 1]
+                m.d.comb += slot_t[j].eq(Cat(*planes).any())
+        m.d.comb += [slot_tap[j].eq(Cat(*[low[i] for i in range(NL) if (i % TAPS) >> j & 1])
+                                    .any()) for j in range(4)]
+        # stage C2: the list's address, and its length read
+        c2 = Signal(data.StructLayout({"valid": 1, "entry": self._entry,
+                                       "oy": len(c_oy), "ox": len(c_ox)}))
+        dy, dx = _tap_of(m, c2.entry.tap)
+        iy, ix = _receptive(m, desc, c2.oy, c2.ox, dy, dx)
+        fields = Signal(ListFields(g))
+        m.d.comb += [fields.kb.eq(desc.in_kb), fields.wb.eq(desc.in_wb),
+                     fields.hb.eq(desc.in_hb)]
+        m.d.comb += self.scan.list.eq(list_address(c2.entry.t, iy[:hb], ix[:wb], fields,
+                                                   g["list_address"]))
 
-        m.d.sync += d.valid.eq(0)
+        m.d.sync += [c2.valid.eq(0), d.valid.eq(c2.valid & ~self.start), d.entry.eq(c2.entry),
+                     d.entry.base.eq((self.scan.list << fields.kb)[:g["event_address"]])]
+        pushed = Signal()  # an entry enters C2
+        m.d.comb += pushed.eq(~self.start & c_valid & room)
+        m.d.sync += occupancy.eq(occupancy + pushed - (c2.valid & self.start)
+                                 - (self.o_stream.valid & self.o_stream.ready))
         with m.If(self.start):
             pass
         with m.Elif(c_valid & room):
-            m.d.sync += [d.valid.eq(1), d.entry.t.eq(slot_t), d.entry.tap.eq(slot_tap),
-                         d.entry.last.eq(c_last), d.entry.empty.eq(c_mask == 0),
-                         c_mask.eq(rest)]
-            with m.If(c_last & ~a_to_c):
+            m.d.sync += [c2.valid.eq(1), c2.entry.t.eq(slot_t), c2.entry.tap.eq(slot_tap),
+                         c2.entry.last.eq(c_last), c2.entry.empty.eq(c_mask == 0),
+                         c2.oy.eq(c_oy), c2.ox.eq(c_ox), c_mask.eq(rest)]
+            # c_last is a register (it gates A's advance and the window's slide: computed
+            # from c_mask in the same cycle it was the iCE40's critical path): the remaining
+            # mask holds at most one slot exactly when this one holds at most two
+            m.d.sync += c_last.eq(_at_most_two(c_mask))
+            with m.If(c_last & ~b_to_c):
                 m.d.sync += c_valid.eq(0)
-        with m.If(a_to_c & ~self.start):
-            m.d.sync += [c_valid.eq(1), c_mask.eq(mask), c_oy.eq(a.oy), c_ox.eq(a.ox)]
+        with m.If(b_to_c & ~self.start):
+            m.d.sync += [c_valid.eq(1), c_mask.eq(b_mask), c_last.eq(_at_most_one(b_mask)),
+                         c_oy.eq(b_oy), c_ox.eq(b_ox)]
+        with m.If(self.start):
+            pass
+        with m.Elif(a_to_b):
+            m.d.sync += [b_valid.eq(1), b_mask.eq(mask), b_oy.eq(a.oy), b_ox.eq(a.ox)]
+        with m.Elif(b_to_c):
+            m.d.sync += b_valid.eq(0)
 
         # stage D: queue the entry with its length (an empty segment's is 0)
         entry = Signal(self._entry)
         m.d.comb += [entry.eq(d.entry),
                      entry.count.eq(Mux(d.entry.empty, 0, self.scan.count)),
+                     entry.single.eq(self.scan.count == 1),
                      queue.w_en.eq(d.valid), queue.w_data.eq(entry)]
         return m
 
@@ -367,28 +444,27 @@ class Walker(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         desc, g, cfg = self.desc, self._geo, self._config
-        hb, wb = g["row"], g["column"]
         from .faults import EngineFault
 
         order = _Order(cfg, "walk")
         order.elaborate(m, desc)
         walk = Signal(meta_layout(cfg))  # grp_row, brow, chan, flat, wpos of the group
-        k, begun, prev_t = Signal.like(self.fetch.k), Signal(), Signal(self._geo["plane"] + 1)
+        k, begun, prev_t = Signal(g["count"]), Signal(), Signal(self._geo["plane"] + 1)
         finished = Signal()
         m.d.comb += self.done.eq(finished)
 
         e = self.i_stream.payload
-        more_here = Signal()
+        # more events in this list after event k: for k = 0 the scanner's `single` flag, then
+        # a register set one event ahead (a compare of k with the queue's count in front of
+        # `go` was the iCE40's critical path)
+        more_here, fresh, at_last = Signal(), Signal(init=1), Signal()
         if self._fault is EngineFault.DROP_EVENT:
             m.d.comb += more_here.eq(~e.empty & (k + 2 < e.count))
         else:
-            m.d.comb += more_here.eq(~e.empty & (k + 1 < e.count))
+            m.d.comb += more_here.eq(~e.empty & Mux(fresh, ~e.single, ~at_last))
         seg_end = Signal()
         m.d.comb += seg_end.eq(e.empty | (e.last & ~more_here))
-        dy, dx = _tap_of(m, e.tap)
-        iy, ix = _receptive(m, desc, order.oy, order.ox, dy, dx)
-        m.d.comb += [self.fetch.t.eq(e.t), self.fetch.y.eq(iy[:hb]), self.fetch.x.eq(ix[:wb]),
-                     self.fetch.k.eq(k)]
+        m.d.comb += self.fetch.addr.eq(e.base | k)  # k < 2^kb: the OR is the sum
 
         tap_bases = [Signal.like(self.op.tap_base, name=f"tap_base{i}") for i in range(TAPS)]
         for i in range(1, TAPS):  # tap i's first weight row i * C_in, by additions
@@ -403,7 +479,7 @@ class Walker(wiring.Component):
         go = Signal()
         m.d.comb += go.eq(self.run & ~finished & self.i_stream.valid & (~seg_end | self.room))
         with m.If(self.start):
-            m.d.sync += [*order.reset(), k.eq(0), begun.eq(0), finished.eq(0),
+            m.d.sync += [*order.reset(), k.eq(0), fresh.eq(1), begun.eq(0), finished.eq(0),
                          walk.grp_row.eq(desc.w_base), walk.brow.eq(desc.b_base),
                          walk.chan.eq(0), walk.flat.eq(0), walk.wpos.eq(0)]
         with m.Elif(go):
@@ -418,9 +494,9 @@ class Walker(wiring.Component):
                 m.d.comb += self.op.shift.eq(e.t - prev_t + (e.t != prev_t))
             m.d.sync += prev_t.eq(e.t)
             with m.If(more_here):
-                m.d.sync += k.eq(k + 1)
+                m.d.sync += [k.eq(k + 1), fresh.eq(0), at_last.eq(k + 2 >= e.count)]
             with m.Else():
-                m.d.sync += k.eq(0)
+                m.d.sync += [k.eq(0), fresh.eq(1)]
                 m.d.comb += self.i_stream.ready.eq(1)
             with m.If(~seg_end):
                 m.d.sync += begun.eq(1)

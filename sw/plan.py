@@ -292,4 +292,4 @@ def layer_plan(program: Program, lanes: int) -> list[LayerRow]:
 #: Cycles from a layer's first walk cycle to its first issued accumulate: the list scanner's
 #: pipeline (bitmap read, list selection, length read, queue) fills once per layer
 #: (hw/walker.py); the cycle model (sw/cycles.py) adds it to every layer.
-SCAN_LATENCY = 10
+SCAN_LATENCY = 12

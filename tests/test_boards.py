@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bitspike.boards import build as board_build
+from bitspike.boards.budget import largest_lanes
 from bitspike.boards.build import (
     BoardNotFoundError,
     BuildError,
@@ -67,10 +68,14 @@ def test_unknown_board_names_the_choices():
         get_board("de10")
 
 
-def test_default_lanes_per_board():
+def test_default_lanes_are_capped_by_the_widest_layer():
+    """A small Program fits many lanes on both boards; no more lanes than its widest layer
+    has output channels are worth building (tests/test_budget.py: digits-cnn)."""
     program = dense_chain(3, 3, 0, 5)
-    assert default_lanes(program, "ulx3s-85f") == 8
-    assert default_lanes(program, "icebreaker") == 2
+    widest = max(layer.out_shape[0] for layer in program.layers)
+    assert default_lanes(program, "ulx3s-85f") == widest == 20
+    # the iCEBreaker's logic cells hold fewer
+    assert default_lanes(program, "icebreaker") == largest_lanes(program, "icebreaker") < widest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,3 +593,93 @@ def test_synthesis_is_rerun_with_dff_when_abc9_crashes(tmp_path, monkeypatch):
 
 def test_module_exports():
     assert board_build.STAGES == ("elaborate", "synthesis", "place and route", "pack")
+
+
+# ---------------------------------------------------------------------------------------------
+# real builds of the trained digits-cnn Program (bit-serial) and of its rate-coded (srp) twin
+
+
+REPORT_KEYS = {"board", "fits", "fmax_mhz", "clock_mhz", "luts", "luts_total", "brams",
+               "brams_total", "inferences_per_second", "bitstream"}
+RAM_CELLS = {"DP16KD", "PDPW16KD", "ICE40_RAM4K", "TRELLIS_DPR16X4"}
+
+
+@pytest.fixture(scope="module")
+def trained_bundles(quick_checkpoint, tmp_path_factory):
+    """The trained digits-cnn checkpoint converted bit-serial and rate-coded (srp, T = 4)."""
+    from bitspike.sw.cli import main
+    root = tmp_path_factory.mktemp("trained")
+    for name, extra in (("bitserial", []), ("srp", ["--method", "srp", "--steps", "4"])):
+        assert main(["convert", str(quick_checkpoint), "--out", str(root / name), *extra]) == 0
+    return root
+
+
+def _build_and_show(capsys, bundle, board, out, *extra):
+    rc, stdout, err = run_cli(capsys, "build", bundle, "--board", board, "--out", out, "--json",
+                              *extra)
+    with capsys.disabled():  # the report, in the test log
+        print(f"\n{(out / 'report.txt').read_text() if (out / 'report.txt').exists() else err}")
+    assert rc == 0, err
+    report = json.loads(stdout)
+    assert REPORT_KEYS <= set(report)
+    return report
+
+
+def _check_memories_in_ram(report):
+    """Every memory above 1 kbit is in block RAM (or distributed RAM on ECP5, or SPRAM, which is
+    instantiated): none is flattened into flip-flops."""
+    mapping = report["memory_mapping"]
+    assert mapping, "no memory mapping in the yosys log"
+    flattened = {name: m["bits"] for name, m in mapping.items() if m["cell"] == "FF"}
+    assert all(bits is not None and bits <= 1024 for bits in flattened.values()), flattened
+    assert {m["cell"] for m in mapping.values()} - {"FF"} <= RAM_CELLS
+    for name in ("counts_a", "counts_b", "nonempty_a", "nonempty_b", "bias", "threshold"):
+        assert any(key.endswith(name) and m["cell"] in RAM_CELLS
+                   for key, m in mapping.items()), name
+
+
+def _check_budget(report):
+    """The estimate before synthesis against the build: memories exact or an upper bound (by
+    at most two block RAMs), logic within 10 %."""
+    budget = report["budget"]
+    assert report["brams"] <= budget["brams"] <= report["brams"] + 2
+    assert report["sprams"] == budget["sprams"]
+    assert abs(budget["luts"] - report["luts"]) <= 0.1 * report["luts"]
+    assert abs(budget["ffs"] - report["ffs"]) <= 0.1 * report["ffs"]
+
+
+@pytest.mark.synth
+def test_trained_digits_cnn_bitstream_for_the_icebreaker(trained_bundles, tmp_path, capsys):
+    """The default lane count (the budget's: 2) at the default 24 MHz, weights in SPRAM."""
+    report = _build_and_show(capsys, trained_bundles / "bitserial", "icebreaker",
+                             tmp_path / "ice")
+    assert report["fits"] and report["meets_clock"] and report["fmax_mhz"] >= 24
+    assert report["lanes"] == 2 and report["clock_mhz"] == pytest.approx(24, rel=0.01)
+    assert report["luts"] <= report["luts_total"] == 5_280 and report["sprams"] == 3
+    assert Path(report["bitstream"]).stat().st_size > 0
+    assert Path(report["flash_image"]).stat().st_size > 0
+    _check_memories_in_ram(report)
+    _check_budget(report)
+
+
+@pytest.mark.synth
+def test_trained_digits_cnn_bitstream_for_the_ulx3s(trained_bundles, tmp_path, capsys):
+    report = _build_and_show(capsys, trained_bundles / "bitserial", "ulx3s-85f",
+                             tmp_path / "ulx3s", "--lanes", "8")
+    assert report["fits"] and report["meets_clock"] and report["fmax_mhz"] >= 50
+    assert report["lanes"] == 8 and report["brams"] <= report["brams_total"] == 208
+    assert report["inferences_per_second"] == pytest.approx(
+        report["clock_mhz"] * 1e6 / report["cycles_per_image"])
+    _check_memories_in_ram(report)
+    _check_budget(report)
+
+
+@pytest.mark.synth
+def test_rate_coded_srp_bitstream_for_the_ulx3s(trained_bundles, tmp_path, capsys):
+    """Both neuron modes on one engine: the rate-coded (srp) Program builds and meets 50 MHz."""
+    assert json.loads((trained_bundles / "srp" / "manifest.json").read_text())["program"][
+        "mode"] == "rate"
+    report = _build_and_show(capsys, trained_bundles / "srp", "ulx3s-85f", tmp_path / "srp",
+                             "--lanes", "8")
+    assert report["fits"] and report["meets_clock"] and report["fmax_mhz"] >= 50
+    _check_memories_in_ram(report)

@@ -87,10 +87,15 @@ def test_loader_writes_every_row_of_the_image():
     assert log[1][:4] == bytes([0x03]) + FLASH_OFFSET.to_bytes(3, "big")
 
 
-@pytest.mark.parametrize("damage", ["blank", "other-shape"])
+@pytest.mark.parametrize("damage", ["blank", "other-shape", "first-header-byte",
+                                    "last-header-byte"])
 def test_loader_refuses_a_flash_without_the_matching_image(damage):
     rows = [1, 2, 3]
-    image = (b"\xff" * 64 if damage == "blank" else weight_image(rows + [4], 16))
+    image = {"blank": b"\xff" * 64, "other-shape": weight_image(rows + [4], 16)}.get(damage)
+    if image is None:  # one bit of the 16-byte header flipped
+        image = bytearray(weight_image(rows, 16))
+        image[0 if damage == "first-header-byte" else 15] ^= 0x01
+        image = bytes(image)
     writes, done, error, _ = load(rows, 16, image)
     assert error and not done and writes == []
 

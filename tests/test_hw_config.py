@@ -199,8 +199,11 @@ def test_cost_of_digits_cnn_at_8_lanes(programs):
     # of 6 planes x 8 columns; the layer-table ROM: 6 rows of LayerRow's 40 fields, each as wide
     # as its bound on this config (148 bits), not the bundle's 16 descriptor words of 32 bits
     assert (cfg.event_depth, cfg.list_depth, cfg.max_channels) == (4096, 512, 32)
-    expected = {"weights": 2002 * 8 * 8, "bias": 90 * req["bias_bits"],
-                "threshold": 80 * req["threshold_bits"], "v_init": 0, "layers": 6 * 148,
+    # parameters: one row of 8 values per group of 8 channels, 12 groups (16 + 32 + 32 + 10
+    # channels) within the bound of ceil(90 / 8) + 6 - 1 = 17 rows
+    assert cfg.param_rows == 17
+    expected = {"weights": 2002 * 8 * 8, "bias": 17 * 8 * req["bias_bits"],
+                "threshold": 17 * 8 * req["threshold_bits"], "v_init": 0, "layers": 6 * 148,
                 "event_lists": 2 * 4096 * 11, "list_lengths": 2 * 512 * 14,
                 "nonempty_bitmaps": 2 * 8 * 6 * 8}
     assert {k: cost[k] for k in expected} == expected
@@ -210,7 +213,9 @@ def test_cost_of_digits_cnn_at_8_lanes(programs):
 
 def test_cost_counts_v_init_in_rate_mode(programs):
     cfg = EngineConfig.for_program(programs["rate-qcfs"], lanes=4)
-    assert cfg.cost()["v_init"] == 80 * cfg.v_init_bits > 0
+    assert cfg.cost()["v_init"] == cfg.param_rows * 4 * cfg.v_init_bits > 0
+    bitserial = EngineConfig.for_program(programs["digits-cnn"], lanes=4)
+    assert bitserial.cost()["v_init"] == 0 and bitserial.memories()["v_init"].count == 0
 
 
 # ---------------------------------------------------------------------------------------------

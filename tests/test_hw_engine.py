@@ -341,9 +341,9 @@ def test_one_config_one_logic_for_every_program_that_fits():
 
 def test_fixed_cycles_by_hand():
     """One output layer (4 inputs, 2 outputs, P = 2), an all-zero image: the load is 4 pixel
-    cycles; the layer 1 start + the list scanner's latency (10) + one empty segment (1 issue,
+    cycles; the layer 1 start + the list scanner's latency (12) + one empty segment (1 issue,
     taken 3 cycles later, then 1 take + 2 logits) + the cycle that sees the firing stage idle =
-    1 + 10 + 3 + 3 + 1. The fixed part leaves out only the segment's firing work (take + 2
+    1 + 12 + 3 + 3 + 1. The fixed part leaves out only the segment's firing work (take + 2
     logits)."""
     from bitspike.sw.cycles import fixed_cycles
     layers = [Layer("out", "dense", (4,), (2,), 1, 0, 0, False,
@@ -351,7 +351,7 @@ def test_fixed_cycles_by_hand():
     program = Program("bitserial", InputSpec((4,), 1, 1), layers, 3, t_steps=0)
     program.validate()
     zeros = torch.zeros(1, 4, dtype=torch.int64)
-    assert engine_cycles(program, run_program(program, zeros), 0, lanes=2).total == 22
-    assert fixed_cycles(program, lanes=2) == 4 + 1 + 10 + 3 + 1 == 19
+    assert engine_cycles(program, run_program(program, zeros), 0, lanes=2).total == 24
+    assert fixed_cycles(program, lanes=2) == 4 + 1 + 12 + 3 + 1 == 21
     (_, _, cycles), = check(program, zeros, 2)
-    assert cycles == 22
+    assert cycles == 24
