@@ -11,9 +11,11 @@ memory table (:meth:`~bitspike.hw.config.EngineConfig.memories`) and the board's
 the fewest block RAMs over the RAM's aspect ratios, ``ceil(width / w) * ceil(depth / d)``
 (ECP5 DP16KD: 16384 x 1 ... 1024 x 18, and 512 x 36 with one read and one write port; iCE40
 SB_RAM40_4K: 2048 x 2 ... 256 x 16), and an SPRAM memory ``ceil(width / 16) *
-ceil(depth / 16384)`` SB_SPRAM256KA. On ECP5 a memory of at most 16 words, or one that fits
-in at most 32 16 x 4 distributed RAMs (TRELLIS_DPR16X4), becomes distributed RAM (counted as
-logic); the combinationally read layer table becomes logic on both. The count is an upper
+ceil(depth / 16384)`` SB_SPRAM256KA. The engine asks for block RAM (``BLOCK_RAM_ATTRS``) for
+its parameter memories, list lengths and the self-test ROM; otherwise, on ECP5, a memory of at
+most 16 words, or one that fits in at most 32 16 x 4 distributed RAMs (TRELLIS_DPR16X4),
+becomes distributed RAM (counted as logic); the combinationally read layer table becomes logic
+on both. The count is an upper
 bound: yosys drops memory bits that are constant in a Program (thresholds that never use their
 top bit) and mixes aspect ratios, so a build can take a block RAM or two less.
 
@@ -163,9 +165,9 @@ class Budget:
 def _memory_uses(config, family: Family, plan: MemoryPlan, extra) -> list[MemoryUse]:
     kinds = {"weights": plan.weights, "event_lists": plan.events}
     uses = []
-    shapes = [(name, s.width, s.depth, s.count, s.read)
+    shapes = [(name, s.width, s.depth, s.count, s.read, s.style)
               for name, s in config.memories().items()] + list(extra)
-    for name, width, depth, count, read in shapes:
+    for name, width, depth, count, read, style in shapes:
         if count == 0:
             continue
         if read == "comb":
@@ -173,7 +175,7 @@ def _memory_uses(config, family: Family, plan: MemoryPlan, extra) -> list[Memory
         elif kinds.get(name) is RamKind.SPRAM:
             uses.append(MemoryUse(name, width, depth, count, "spram",
                                   spram_tiles(width, depth)))
-        elif family is Family.ECP5 and (depth <= 16
+        elif family is Family.ECP5 and style != "block" and (depth <= 16
                                         or -(-depth // 16) * -(-width // 4) <= DISTRIBUTED_CELLS):
             uses.append(MemoryUse(name, width, depth, count, "distributed", 0))
         else:
@@ -199,7 +201,7 @@ def estimate(config, board: Board | str, *, memory: MemoryPlan | None = None,
     plan = memory or MemoryPlan.for_family(board.family.value)
     extra = []
     if self_test_words:
-        extra.append(("self_test_images", self_test_width, self_test_words, 1, "sync"))
+        extra.append(("self_test_images", self_test_width, self_test_words, 1, "sync", "block"))
     uses = _memory_uses(config, board.family, plan, extra)
     model = LOGIC_MODEL[board.family]
     window = window_bits(config)

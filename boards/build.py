@@ -343,9 +343,19 @@ def _overflows(text: str) -> list[str]:
             for name, (used, total) in parse_utilisation(text).items() if used > total]
 
 
-def _abc9_crash(rpt: Path) -> bool:
+_CRASH_TEXT = {"assert": "ABC_OPS_REINTEGRATE assertion",
+               "stack": "the WebAssembly call stack was exhausted"}
+
+
+def _abc9_crash(rpt: Path, console: Path | None = None) -> str | None:
+    """``"assert"`` or ``"stack"`` when yosys failed inside abc9, else ``None``."""
     text = rpt.read_text(errors="replace")[-4000:] if rpt.is_file() else ""
-    return "ABC_OPS_REINTEGRATE" in text and "ERROR: Assert" in text
+    if "ABC_OPS_REINTEGRATE" in text and "ERROR: Assert" in text:
+        return "assert"
+    tail = console.read_text(errors="replace")[-20000:] if console and console.is_file() else ""
+    if "ABC9" in text and "call stack exhausted" in tail:
+        return "stack"
+    return None
 
 
 def _first_error(text: str) -> str | None:
@@ -729,15 +739,29 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
         for command in commands:
             stage = _STAGE_OF_TOOL.get(command[0], command[0])
             rc = steps.run(stage, lambda c=command: _run_tool(c, env, out, log))
-            if rc != 0 and stage == "synthesis" and _abc9_crash(rpt):
-                # yosys 0.70's abc9 reintegration asserts on some designs (the digits engine);
-                # mapping with the flip-flops passed to ABC (abc9 -dff) avoids it
-                notes.append("yosys's abc9 crashed (ABC_OPS_REINTEGRATE assertion); synthesis "
-                             "was rerun with -dff")
+            while rc != 0 and stage == "synthesis":
+                log.flush()
+                crash = _abc9_crash(rpt, out / "build.log")
                 ys = out / f"{name}.ys"
-                ys.write_text(re.sub(r"\b(synth_(?:ecp5|ice40))\b", r"\1 -dff", ys.read_text(),
+                script = ys.read_text()
+                if crash == "assert" and " -dff" not in script and " -noabc9" not in script:
+                    # yosys 0.70's abc9 reintegration asserts on some designs (the digits
+                    # engine); mapping with the flip-flops passed to ABC (abc9 -dff) avoids it
+                    flag = "-dff"
+                    notes.append("yosys's abc9 crashed (ABC_OPS_REINTEGRATE assertion); "
+                                 "synthesis was rerun with -dff")
+                elif crash and " -noabc9" not in script:
+                    # ABC's recursion can exhaust the WebAssembly call stack on a deep network
+                    # (the rate-coded digits engine): the classic abc mapping does not recurse
+                    flag = "-noabc9"
+                    script = script.replace(" -dff", "")
+                    notes.append(f"yosys's abc9 crashed ({_CRASH_TEXT[crash]}); synthesis was "
+                                 "rerun with -noabc9")
+                else:
+                    break
+                ys.write_text(re.sub(r"\b(synth_(?:ecp5|ice40))\b", rf"\1 {flag}", script,
                                      count=1))
-                rc = steps.run("synthesis (-dff)",
+                rc = steps.run(f"synthesis ({flag})",
                                lambda c=command: _run_tool(c, env, out, log))
             if rc == 0:
                 continue

@@ -36,7 +36,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
 from ..hw.config import weight_rows
-from ..hw.memories import MemoryPlan, RamKind
+from ..hw.memories import BLOCK_RAM_ATTRS, MemoryPlan, RamKind
 from ..sw.errors import BitspikeError
 from ..sw.program import Program
 from .flash_loader import WAKE_SECONDS, LoadedEngine
@@ -163,7 +163,7 @@ class SelfTest(wiring.Component):
         total = count * pixels
         width = len(engine.i_stream.payload)
 
-        m.submodules.rom = rom = Memory(shape=width, depth=total,
+        m.submodules.rom = rom = Memory(shape=width, depth=total, attrs=BLOCK_RAM_ATTRS,
                                         init=self._images.reshape(-1).tolist())
         rd = rom.read_port()  # synchronous: a block RAM; addressed one cycle ahead
         klass = engine.o_result.payload.klass

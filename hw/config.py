@@ -67,6 +67,9 @@ class MemoryShape:
     depth: int
     count: int = 1
     read: str = "sync"
+    #: ``"block"``: the engine asks yosys for block RAM (``BLOCK_RAM_ATTRS``), else yosys
+    #: chooses (``"auto"``)
+    style: str = "auto"
 
     @property
     def bits(self) -> int:
@@ -520,19 +523,20 @@ class EngineConfig:
         memory); and per ping-pong half (``count = 2``): ``event_lists`` (``2^event_address``
         entries of a channel or flattened index), ``list_lengths`` (``2^list_address``
         lengths) and ``nonempty_bitmaps`` (one row per map row, ``max_t`` planes of
-        ``2^column`` bits).
+        ``2^column`` bits). ``style="block"`` marks the memories the engine asks yosys to put
+        in block RAM whatever their size.
         """
         f, P, rows = self.list_field_bits(), self.lanes, self.param_rows
         return {
             "weights": MemoryShape(P * self.weight_bits, max(1, self.weight_depth)),
-            "bias": MemoryShape(P * self.bias_bits, rows),
-            "threshold": MemoryShape(P * self.threshold_bits, rows),
+            "bias": MemoryShape(P * self.bias_bits, rows, style="block"),
+            "threshold": MemoryShape(P * self.threshold_bits, rows, style="block"),
             "v_init": MemoryShape(P * max(1, self.v_init_bits), rows,
-                                  1 if "rate" in self.modes else 0),
+                                  1 if "rate" in self.modes else 0, style="block"),
             "layers": MemoryShape(sum(LayerRow.widths(self).values()), self.layer_depth,
                                   read="comb"),
             "event_lists": MemoryShape(f["event"], 1 << f["event_address"], 2),
-            "list_lengths": MemoryShape(f["count"], 1 << f["list_address"], 2),
+            "list_lengths": MemoryShape(f["count"], 1 << f["list_address"], 2, style="block"),
             "nonempty_bitmaps": MemoryShape(self.max_t << f["column"], 1 << f["row"], 2)}
 
     def cost(self) -> dict[str, int]:

@@ -37,7 +37,7 @@ from .event_lists import EventLists
 from .faults import EngineFault
 from .firing import FiringStage, logit_layout, sums_layout, trace_layout
 from .lanes import AccumulateLanes, LaneCommand
-from .memories import MemoryPlan, RamKind, SinglePortRAM
+from .memories import BLOCK_RAM_ATTRS, MemoryPlan, RamKind, SinglePortRAM
 from .output import ArgmaxOutput, result_layout
 from .walker import ListScanner, Walker, op_layout
 
@@ -245,7 +245,8 @@ class Engine(wiring.Component):
             init = _pack_channel_rows(arrays, P, bits)
             shape = cfg.memories()[name]
             assert len(init) <= shape.depth and shape.width == P * bits, (name, len(init))
-            mem = Memory(shape=unsigned(shape.width), depth=shape.depth, init=init)
+            mem = Memory(shape=unsigned(shape.width), depth=shape.depth, init=init,
+                         attrs=BLOCK_RAM_ATTRS if shape.style == "block" else None)
             m.submodules[name] = mem
             port = mem.read_port()
             param_ports.append(port)

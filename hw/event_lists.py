@@ -28,7 +28,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .memories import RamKind, SinglePortRAM
+from .memories import BLOCK_RAM_ATTRS, RamKind, SinglePortRAM
 
 __all__ = ["EventLists", "ListFields", "append_signature", "clear_signature",
            "fetch_signature", "list_address", "list_geometry", "scan_signature"]
@@ -182,7 +182,8 @@ class EventLists(wiring.Component):
             m.d.comb += writing.eq(s2.valid & (s2.half == half))
 
             events = SinglePortRAM(width=g["event"], depth=1 << eb, kind=self._events)
-            counts = Memory(shape=unsigned(g["count"]), depth=1 << lb, init=[])
+            counts = Memory(shape=unsigned(g["count"]), depth=1 << lb, init=[],
+                            attrs=BLOCK_RAM_ATTRS)
             m.submodules[f"events_{name}"] = events
             m.submodules[f"counts_{name}"] = counts
             cnt_w = counts.write_port()

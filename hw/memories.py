@@ -22,10 +22,14 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SPRAM_DEPTH", "SPRAM_WIDTH", "MemoryPlan", "RamKind", "SinglePortRAM",
-           "spram_tiles"]
+__all__ = ["BLOCK_RAM_ATTRS", "SPRAM_DEPTH", "SPRAM_WIDTH", "MemoryPlan", "RamKind",
+           "SinglePortRAM", "spram_tiles"]
 
 SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16  # one SB_SPRAM256KA
+
+#: Attributes that make yosys put a memory in block RAM: without them it builds a small ROM
+#: (the parameter memories at a few dozen rows) from LUTs, which the iCE40UP5K has too few of.
+BLOCK_RAM_ATTRS = {"ram_style": "block", "rom_style": "block"}
 
 
 class RamKind(enum.Enum):
