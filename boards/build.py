@@ -343,6 +343,40 @@ def _overflows(text: str) -> list[str]:
             for name, (used, total) in parse_utilisation(text).items() if used > total]
 
 
+_SYNTH_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<cmd>synth_(?:ecp5|ice40))(?P<args>[^\n]*)$",
+                         re.MULTILINE)
+
+
+def _synthesis_retry(script: str, family: Family, crash: str):
+    """The Yosys script for the next attempt after an abc9 crash, ``(script, flag, how)``, or
+    ``None`` when every fallback was tried. Yosys 0.70's abc9 has asserted in
+    ABC_OPS_REINTEGRATE (digits engines) and exhausted the WebAssembly call stack (the
+    rate-coded engine). iCE40: ``-dff`` (abc9 with the flip-flops, which avoided the
+    assertion), then ``-noabc`` (Yosys's own LUT mapping). ECP5, whose synth_lattice has no
+    switch without abc9: the same script with its LUT mapping step done by the classic ABC
+    (``abc -dress -lut 4:7``, what synth_ecp5 ran before abc9)."""
+    m = _SYNTH_LINE.search(script)
+    if m is None:
+        return None
+    indent, cmd, args = m.group("indent"), m.group("cmd"), m.group("args")
+    if family is Family.ICE40:
+        if crash == "assert" and " -dff" not in args and " -noabc" not in args:
+            flag = "-dff"
+        elif " -noabc" not in args:
+            flag, args = "-noabc", args.replace(" -dff", "")
+        else:
+            return None
+        line = f"{indent}{cmd} {flag}{args}"
+        return script[:m.start()] + line + script[m.end():], flag, flag
+    if "abc -dress" in script:
+        return None
+    lines = [f"{cmd}{args} -run :map_luts", "techmap -map +/lattice/latches_map.v",
+             "abc -dress -lut 4:7", "clean", f"{cmd}{args} -run map_cells:"]
+    block = "\n".join(indent + line for line in lines)
+    return (script[:m.start()] + block + script[m.end():], "classic abc",
+            "the classic ABC LUT mapping (abc -lut 4:7)")
+
+
 _CRASH_TEXT = {"assert": "ABC_OPS_REINTEGRATE assertion",
                "stack": "the WebAssembly call stack was exhausted"}
 
@@ -743,24 +777,13 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
                 log.flush()
                 crash = _abc9_crash(rpt, out / "build.log")
                 ys = out / f"{name}.ys"
-                script = ys.read_text()
-                if crash == "assert" and " -dff" not in script and " -noabc9" not in script:
-                    # yosys 0.70's abc9 reintegration asserts on some designs (the digits
-                    # engine); mapping with the flip-flops passed to ABC (abc9 -dff) avoids it
-                    flag = "-dff"
-                    notes.append("yosys's abc9 crashed (ABC_OPS_REINTEGRATE assertion); "
-                                 "synthesis was rerun with -dff")
-                elif crash and " -noabc9" not in script:
-                    # ABC's recursion can exhaust the WebAssembly call stack on a deep network
-                    # (the rate-coded digits engine): the classic abc mapping does not recurse
-                    flag = "-noabc9"
-                    script = script.replace(" -dff", "")
-                    notes.append(f"yosys's abc9 crashed ({_CRASH_TEXT[crash]}); synthesis was "
-                                 "rerun with -noabc9")
-                else:
+                retry = _synthesis_retry(ys.read_text(), board.family, crash) if crash else None
+                if retry is None:
                     break
-                ys.write_text(re.sub(r"\b(synth_(?:ecp5|ice40))\b", rf"\1 {flag}", script,
-                                     count=1))
+                script, flag, how = retry
+                notes.append(f"yosys's abc9 crashed ({_CRASH_TEXT[crash]}); synthesis was rerun "
+                             f"with {how}")
+                ys.write_text(script)
                 rc = steps.run(f"synthesis ({flag})",
                                lambda c=command: _run_tool(c, env, out, log))
             if rc == 0:

@@ -123,6 +123,7 @@ class FlashLoader(wiring.Component):
         row_byte = Signal(range(max(2, nb)))
         row_index = Signal(range(max(2, self._rows + 1)))
         header = Signal(range(17))
+        bad = Signal()  # a header bit differed from the expected image's
         expect = Const(int.from_bytes(self.header, "little"), 128)
         wait = Signal(range(self._wake + 1))
         m.d.comb += [self.flash.copi.eq(out[31]), self.w_load.addr.eq(row_index),
@@ -156,7 +157,7 @@ class FlashLoader(wiring.Component):
                     m.d.sync += [out.eq(out << 1), left.eq(left - 1)]
                     with m.If(left == 1):
                         m.d.sync += [nbits.eq(0), header.eq(0), row_byte.eq(0),
-                                     row_index.eq(0)]
+                                     row_index.eq(0), bad.eq(0)]
                         m.next = "Header"
             for state in ("Header", "Read"):
                 with m.State(state):
@@ -166,21 +167,25 @@ class FlashLoader(wiring.Component):
                     m.d.comb += got.eq(Cat(self.flash.cipo, byte[:7]))
                     with m.If(phase):  # rising edge: sample
                         m.d.sync += [byte.eq(got), nbits.eq(nbits + 1)]
+                        if state == "Header":
+                            # each header bit against the expected one, into a sticky flag
+                            # (a byte compare in front of the state change was the iCEBreaker
+                            # build's critical path); the flag is looked at after byte 15
+                            expected_byte = Signal(8)
+                            with m.Switch(header):
+                                for i in range(16):
+                                    with m.Case(i):
+                                        m.d.comb += expected_byte.eq(expect[8 * i:8 * i + 8])
+                            at = Signal(3)  # the bit now arriving, MSB first
+                            m.d.comb += at.eq(~nbits[:3])
+                            with m.If(self.flash.cipo != expected_byte.bit_select(at, 1)):
+                                m.d.sync += bad.eq(1)
                         with m.If(nbits == 7):
                             m.d.sync += nbits.eq(0)
                             if state == "Header":
-                                mismatch = Signal()
-                                with m.Switch(header):
-                                    for i in range(16):
-                                        with m.Case(i):
-                                            m.d.comb += mismatch.eq(
-                                                got != expect[8 * i:8 * i + 8])
                                 m.d.sync += header.eq(header + 1)
-                                # every byte is checked, the last one too
-                                with m.If(mismatch):
-                                    m.next = "Error"
-                                with m.Elif(header == 15):
-                                    m.next = "Read"
+                                with m.If(header == 15):
+                                    m.next = "Check"
                             else:
                                 with m.Switch(row_byte):
                                     for i in range(nb):
@@ -191,6 +196,12 @@ class FlashLoader(wiring.Component):
                                     m.next = "Write"
                                 with m.Else():
                                     m.d.sync += row_byte.eq(row_byte + 1)
+            with m.State("Check"):  # every header byte, the last one too; the clock pauses
+                m.d.comb += self.flash.cs.eq(1)
+                with m.If(bad):
+                    m.next = "Error"
+                with m.Else():
+                    m.next = "Read"
             with m.State("Write"):  # the clock pauses low for this cycle
                 m.d.comb += [self.flash.cs.eq(1), self.w_load.en.eq(1)]
                 m.d.sync += row_index.eq(row_index + 1)
