@@ -51,33 +51,43 @@ MAX_LANES = 64
 @dataclass(frozen=True)
 class LogicModel:
     """LUT4s (ECP5: TRELLIS_COMB; iCE40: logic cells, ICESTORM_LC) and flip-flops of a build:
-    ``fixed + per_lane_bit * lanes * acc_bits + per_window_bit * window_bits``."""
+    ``fixed + (per_lane_bit + rate * per_rate_lane_bit) * lanes * acc_bits + per_window_bit
+    * window_bits``, ``rate`` 1 when the engine has the rate mode (its integrate-and-fire
+    units and their registers, per lane)."""
 
     lut_fixed: float
     lut_per_lane_bit: float
     lut_per_window_bit: float
+    lut_per_rate_lane_bit: float
     ff_fixed: float
     ff_per_lane_bit: float
     ff_per_window_bit: float
+    ff_per_rate_lane_bit: float
 
-    def luts(self, lanes: int, acc_bits: int, window_bits: int) -> int:
-        return round(self.lut_fixed + self.lut_per_lane_bit * lanes * acc_bits
+    def luts(self, lanes: int, acc_bits: int, window_bits: int, rate: bool = False) -> int:
+        per_lane = self.lut_per_lane_bit + (self.lut_per_rate_lane_bit if rate else 0)
+        return round(self.lut_fixed + per_lane * lanes * acc_bits
                      + self.lut_per_window_bit * window_bits)
 
-    def ffs(self, lanes: int, acc_bits: int, window_bits: int) -> int:
-        return round(self.ff_fixed + self.ff_per_lane_bit * lanes * acc_bits
+    def ffs(self, lanes: int, acc_bits: int, window_bits: int, rate: bool = False) -> int:
+        per_lane = self.ff_per_lane_bit + (self.ff_per_rate_lane_bit if rate else 0)
+        return round(self.ff_fixed + per_lane * lanes * acc_bits
                      + self.ff_per_window_bit * window_bits)
 
 
 #: Fitted (least squares in the lanes) to the builds of the trained digits-cnn Program listed
 #: in docs/boards.md ("The board budget"): ULX3S-85F at P = 2, 4, 8, 16 and iCEBreaker at
 #: P = 1, 2, 3, 4 (nextpnr's TRELLIS_COMB and ICESTORM_LC, yosys's flip-flops); the row-window
-#: coefficients from synthesising the list scanner alone at 288, 576 and 1,152 window bits.
+#: coefficients from synthesising the list scanner alone at 288, 576 and 1,152 window bits;
+#: the rate mode's from the srp build on the ULX3S at P = 8 (scaled to the iCE40 by the ratio
+#: of the two families' per-lane coefficients: no rate build fits the iCEBreaker to measure).
 LOGIC_MODEL = {
     Family.ECP5: LogicModel(lut_fixed=2910, lut_per_lane_bit=24.1, lut_per_window_bit=3.1,
-                            ff_fixed=897, ff_per_lane_bit=5.33, ff_per_window_bit=1.02),
+                            lut_per_rate_lane_bit=26.7, ff_fixed=897, ff_per_lane_bit=5.33,
+                            ff_per_window_bit=1.02, ff_per_rate_lane_bit=1.2),
     Family.ICE40: LogicModel(lut_fixed=2977, lut_per_lane_bit=28.3, lut_per_window_bit=3.3,
-                             ff_fixed=1165, ff_per_lane_bit=6.49, ff_per_window_bit=1.02),
+                             lut_per_rate_lane_bit=31.3, ff_fixed=1165, ff_per_lane_bit=6.49,
+                             ff_per_window_bit=1.02, ff_per_rate_lane_bit=1.5),
 }
 
 
@@ -204,11 +214,11 @@ def estimate(config, board: Board | str, *, memory: MemoryPlan | None = None,
         extra.append(("self_test_images", self_test_width, self_test_words, 1, "sync", "block"))
     uses = _memory_uses(config, board.family, plan, extra)
     model = LOGIC_MODEL[board.family]
-    window = window_bits(config)
+    window, rate = window_bits(config), "rate" in config.modes
     return Budget(
         board=board.name, lanes=config.lanes,
-        luts=model.luts(config.lanes, config.acc_bits, window),
-        ffs=model.ffs(config.lanes, config.acc_bits, window),
+        luts=model.luts(config.lanes, config.acc_bits, window, rate),
+        ffs=model.ffs(config.lanes, config.acc_bits, window, rate),
         brams=sum(u.count * u.tiles for u in uses if u.kind == "block"),
         sprams=sum(u.count * u.tiles for u in uses if u.kind == "spram"),
         dsps=0,  # accumulate-only: the engine has no multiplier (tests/test_hw_engine.py)

@@ -706,3 +706,4 @@ def test_rate_coded_srp_bitstream_for_the_ulx3s(trained_bundles, tmp_path, capsy
     assert report["cycles_per_image"] > 0 and report["budget"]["memories"]
     assert any("v_init" in name for name in report["memory_mapping"])  # the rate mode's V0
     _check_memories_in_ram(report)
+    _check_budget(report)
