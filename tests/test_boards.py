@@ -652,6 +652,12 @@ def _check_memories_in_ram(report):
     flattened = {name: m["bits"] for name, m in mapping.items() if m["cell"] == "FF"}
     assert all(bits is not None and bits <= 1024 for bits in flattened.values()), flattened
     assert {m["cell"] for m in mapping.values()} - {"FF"} <= RAM_CELLS
+    # distributed (LUT) RAM only for the small ones: the bitmaps and the scanner's queue
+    sizes = {m["name"]: m["width"] * m["depth"] for m in report["budget"]["memories"]}
+    for name, m in mapping.items():
+        if m["cell"] == "TRELLIS_DPR16X4":
+            assert name.endswith(("nonempty_a", "nonempty_b", "queue.storage")), name
+    assert sizes["nonempty_bitmaps"] <= 1024
     for name in ("counts_a", "counts_b", "nonempty_a", "nonempty_b", "bias", "threshold"):
         assert any(key.endswith(name) and m["cell"] in RAM_CELLS
                    for key, m in mapping.items()), name
