@@ -548,12 +548,16 @@ def test_build_ulx3s_small_program(small_bundle, tmp_path, capsys):
 
 @pytest.mark.synth
 def test_build_icebreaker_small_program(tmp_path):
-    """The small Program fits the iCEBreaker (about 37 % of its logic cells) at 24 MHz."""
+    """The small Program fits the iCEBreaker (about 40 % of its logic cells) at 24 MHz, with
+    the weights and the two event-list halves in SPRAM and the weights' flash image beside
+    the bitstream."""
     program, images, expected = _small()
     report = build_bitstream(program, "icebreaker", lanes=2, out_dir=tmp_path, images=images,
                              progress=False)
     assert report.fits and report.meets_clock and report.expected_classes == expected
-    assert report.luts < 5_280 and report.brams >= 1 and report.sprams == 0
+    assert report.luts < 5_280 and report.brams >= 1 and report.sprams == 3
+    assert report.memory == {"weights": "spram", "event lists": "spram"}
+    assert os.path.getsize(report.flash_image) > 16  # the header and the rows
     assert report.bitstream.endswith(".bin") and os.path.getsize(report.bitstream) > 0
 
 
