@@ -91,6 +91,12 @@ LOGIC_MODEL = {
 }
 
 
+#: The UART host link (boards/link.py) over the self-test it replaces, which the fits above
+#: include: measured as the difference between host-link and self-test builds of digits-cnn
+#: (docs/boards.md "The board budget").
+LINK_LOGIC = {Family.ECP5: (540, 270), Family.ICE40: (660, 260)}
+
+
 class BudgetError(BitspikeError):
     """The engine would not fit the board (found before synthesis)."""
 
@@ -200,25 +206,43 @@ def window_bits(config) -> int:
     return W_ROWS * (config.max_t << config.list_field_bits()["column"])
 
 
+def link_memories(config, pixels: int, classes: int) -> list[tuple]:
+    """The host link's memories (boards/link.py): the input buffer, the logit buffer and the
+    INFO ROM, all block RAM."""
+    from ..hw.firing import logit_layout
+    from .protocol import INFO_LENGTH
+
+    logit_bits = logit_layout(config)["value"].shape.width
+    return [("link_input_buffer", config.max_t, max(2, pixels), 1, "sync", "block"),
+            ("link_logits", logit_bits, max(2, classes), 1, "sync", "block"),
+            ("link_info", 8, INFO_LENGTH, 1, "sync", "block")]
+
+
 def estimate(config, board: Board | str, *, memory: MemoryPlan | None = None,
-             self_test_words: int = 0, self_test_width: int = 0) -> Budget:
+             self_test_words: int = 0, self_test_width: int = 0,
+             link: tuple[int, int] | None = None) -> Budget:
     """What the board top with an engine of ``config`` will use of ``board``.
 
     ``memory`` defaults to the board family's plan (:meth:`MemoryPlan.for_family`);
-    ``self_test_words`` x ``self_test_width`` is the self-test image ROM (block RAM).
+    ``self_test_words`` x ``self_test_width`` is the self-test image ROM (block RAM);
+    ``link``: the board top has the host link instead, for ``(pixels, classes)``.
     """
     board = get_board(board)
     plan = memory or MemoryPlan.for_family(board.family.value)
     extra = []
-    if self_test_words:
+    if self_test_words and link is None:
         extra.append(("self_test_images", self_test_width, self_test_words, 1, "sync", "block"))
+    link_luts = link_ffs = 0
+    if link is not None:
+        extra += link_memories(config, *link)
+        link_luts, link_ffs = LINK_LOGIC[board.family]
     uses = _memory_uses(config, board.family, plan, extra)
     model = LOGIC_MODEL[board.family]
     window, rate = window_bits(config), "rate" in config.modes
     return Budget(
         board=board.name, lanes=config.lanes,
-        luts=model.luts(config.lanes, config.acc_bits, window, rate),
-        ffs=model.ffs(config.lanes, config.acc_bits, window, rate),
+        luts=model.luts(config.lanes, config.acc_bits, window, rate) + link_luts,
+        ffs=model.ffs(config.lanes, config.acc_bits, window, rate) + link_ffs,
         brams=sum(u.count * u.tiles for u in uses if u.kind == "block"),
         sprams=sum(u.count * u.tiles for u in uses if u.kind == "spram"),
         dsps=0,  # accumulate-only: the engine has no multiplier (tests/test_hw_engine.py)
@@ -226,33 +250,36 @@ def estimate(config, board: Board | str, *, memory: MemoryPlan | None = None,
         sprams_total=board.sprams, dsps_total=board.dsps, memories=tuple(uses))
 
 
-def _budget(program, board: Board, lanes: int, images: int) -> Budget:
+def _budget(program, board: Board, lanes: int, images: int, host_link: bool) -> Budget:
     from ..hw.config import EngineConfig
     config = EngineConfig.for_program(program, lanes=lanes)
     pixels = 1
     for n in program.input.shape:
         pixels *= int(n)
+    if host_link:
+        return estimate(config, board, link=(pixels, int(program.classes)))
     # the self-test image ROM (boards/top.py): one word of the engine's input per pixel
     return estimate(config, board, self_test_words=images * pixels,
                     self_test_width=config.max_t)
 
 
 def largest_lanes(program, board: Board | str, *, images: int = 8,
-                  max_lanes: int = MAX_LANES) -> int | None:
+                  max_lanes: int = MAX_LANES, host_link: bool = True) -> int | None:
     """The most lanes (up to ``max_lanes``) whose build of ``program`` fits ``board`` by the
     budget, or ``None`` when not even one lane fits."""
     board = get_board(board)
     best = None
     for lanes in range(1, max_lanes + 1):
-        if not _budget(program, board, lanes, images).fits:
+        if not _budget(program, board, lanes, images, host_link).fits:
             break  # every resource grows with the lanes
         best = lanes
     return best
 
 
-def check_budget(program, board: Board | str, *, lanes: int, images: int = 8) -> Budget:
-    """The budget of ``program`` on ``board`` with ``lanes`` lanes and ``images`` self-test
-    images; raises :class:`BudgetError` when it does not fit.
+def check_budget(program, board: Board | str, *, lanes: int, images: int = 8,
+                 host_link: bool = True) -> Budget:
+    """The budget of ``program`` on ``board`` with ``lanes`` lanes and the host link (or the
+    self-test with ``images`` images); raises :class:`BudgetError` when it does not fit.
 
     Raises
     ------
@@ -261,11 +288,11 @@ def check_budget(program, board: Board | str, *, lanes: int, images: int = 8) ->
         count that fits, or that none does (and why: the memory that alone is too large).
     """
     board = get_board(board)
-    budget = _budget(program, board, lanes, images)
+    budget = _budget(program, board, lanes, images, host_link)
     problems = budget.shortfalls()
     if not problems:
         return budget
-    best = largest_lanes(program, board, images=images)
+    best = largest_lanes(program, board, images=images, host_link=host_link)
     if best is not None:
         advice = f"use --lanes {best} (the most that fit this board)"
     else:

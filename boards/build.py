@@ -90,6 +90,7 @@ from ..hw.memories import RamKind
 from ..sw.errors import BitspikeError
 from .budget import check_budget, largest_lanes
 from .flash_loader import FLASH_OFFSET, weight_image
+from .link import DEFAULT_BAUD
 from .targets import Board, Family, get_board
 
 __all__ = ["STAGES", "BoardNotFoundError", "BuildError", "BuildReport", "board_tool_env",
@@ -115,7 +116,8 @@ class BoardNotFoundError(BitspikeError):
     """No board to program is connected (or its programmer cannot reach it)."""
 
 
-def default_lanes(program, board: Board | str, *, images: int = DEFAULT_IMAGES) -> int:
+def default_lanes(program, board: Board | str, *, images: int = DEFAULT_IMAGES,
+                  host_link: bool = True) -> int:
     """The lanes ``P`` a build uses when ``--lanes`` is not given: the most that the board
     budget allows (:func:`bitspike.boards.budget.largest_lanes`), but no more than the widest
     layer has output channels (more lanes would idle).
@@ -126,9 +128,9 @@ def default_lanes(program, board: Board | str, *, images: int = DEFAULT_IMAGES) 
         Not even one lane fits (the message names the resource, the need and the capacity).
     """
     board = get_board(board)
-    best = largest_lanes(program, board, images=images)
-    if best is None:
-        check_budget(program, board, lanes=1, images=images)  # raises, naming the shortfall
+    best = largest_lanes(program, board, images=images, host_link=host_link)
+    if best is None:  # raises, naming the shortfall
+        check_budget(program, board, lanes=1, images=images, host_link=host_link)
     widest = max(int(layer.out_shape[0]) for layer in program.layers)
     return max(1, min(best, widest))
 
@@ -455,6 +457,7 @@ class BuildReport:
     image_source: str = ""
     expected_classes: list[int] = field(default_factory=list)
     pll: dict | None = None
+    host_link: dict | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     synthesis_cells: dict[str, int] = field(default_factory=dict)
     utilisation: dict[str, list[int]] = field(default_factory=dict)
@@ -510,9 +513,17 @@ class BuildReport:
             lines.append(f"  Fmax    {self.fmax_mhz:.2f} MHz post-route: {verdict} the "
                          f"{self.clock_mhz:.2f} MHz clock")
         lines.append(f"  cycles  {self.cycles_per_image:,.0f} per image (cycle model, mean of "
-                     f"{self.images} self-test images)")
+                     f"{self.images} sample test images)")
         lines.append(f"  speed   {self.inferences_per_second:,.0f} inferences/s at "
                      f"{self.clock_mhz:.2f} MHz")
+        if self.host_link:
+            link = self.host_link
+            lines.append(f"  link    UART {link['baud']:,} baud, {link['request_bytes']} + "
+                         f"{link['reply_bytes']} bytes per inference: "
+                         f"{link['inferences_per_second']:,.0f} inferences/s over the link "
+                         "(bitspike board run)")
+        else:
+            lines.append("  link    none: LED self-test build")
         if self.critical_path:
             lines.append("  critical path: " + "\n                 ".join(self.critical_path))
         lines.append(f"  bitstream {self.bitstream or '- (none)'}")
@@ -628,6 +639,21 @@ def _run_tool(command: list[str], env: dict, cwd: Path, log) -> int:
 # the build
 
 
+def link_throughput(program, baud: int, clock_mhz: float, cycles_per_image: float) -> dict:
+    """The host link's expected rate: one request in flight, so each inference costs its
+    request and reply on the wire (10 bits per byte) plus the engine's cycles."""
+    from .protocol import FRAME_OVERHEAD, infer_reply_length
+
+    pixels = int(np.prod(program.input.shape))
+    request = pixels + FRAME_OVERHEAD
+    reply = infer_reply_length(int(program.classes)) + FRAME_OVERHEAD
+    wire = 10 * (request + reply) / baud
+    engine = cycles_per_image / (clock_mhz * 1e6)
+    return {"baud": baud, "request_bytes": request, "reply_bytes": reply,
+            "wire_seconds": wire, "engine_seconds": engine,
+            "inferences_per_second": 1 / (wire + engine)}
+
+
 def _check_lanes(lanes) -> int:
     if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
         raise BitspikeError(f"lanes must be a positive integer, not {lanes!r}")
@@ -636,7 +662,8 @@ def _check_lanes(lanes) -> int:
 
 def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | Path,
                     clock_mhz: float | None = None, images=None, progress: bool = True,
-                    show_seconds: float | None = None) -> BuildReport:
+                    show_seconds: float | None = None, host_link: bool = True,
+                    baud: int | None = None) -> BuildReport:
     """Build ``program`` for ``board`` with ``lanes`` lanes into ``out_dir`` (module docstring).
 
     Parameters
@@ -653,11 +680,16 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
     clock_mhz : float, optional
         The engine clock (default: the board's default clock).
     images : array of int, shape (N, *program.input.shape), optional
-        The self-test images (default: :func:`sample_images`).
+        The sample images the cycle estimate (and the self-test) use (default:
+        :func:`sample_images`).
     progress : bool
         Print each stage and its elapsed time on stderr.
     show_seconds : float, optional
         How long the self-test shows each result (default: half a second).
+    host_link : bool
+        The UART host link (default), or the LED self-test (``False``).
+    baud : int, optional
+        The host link's rate (default :data:`bitspike.boards.link.DEFAULT_BAUD`).
 
     Returns
     -------
@@ -690,7 +722,8 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
     clock_plan(board, clock_mhz)  # a clock the PLL cannot make: refused before any work
     n_images = DEFAULT_IMAGES if images is None else len(images)
     # a Program or lane count the board cannot hold: refused before any tool runs
-    budget = check_budget(program, board, lanes=lanes, images=n_images)
+    budget = check_budget(program, board, lanes=lanes, images=n_images, host_link=host_link)
+    baud = DEFAULT_BAUD if baud is None else baud
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = "bitspike_" + re.sub(r"\W", "_", board.name)
@@ -713,7 +746,8 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
         config = EngineConfig.for_program(program, lanes=lanes)
         top = BoardTop(board=board, program=program, config=config, images=levels.numpy(),
                        expected=expected, clock_mhz=clock_mhz,
-                       show_seconds=SHOW_SECONDS if show_seconds is None else show_seconds)
+                       show_seconds=SHOW_SECONDS if show_seconds is None else show_seconds,
+                       host_link=host_link, baud=baud)
         platform = board.platform()
         plan = platform.build(top, name=name, build_dir=str(out), do_build=False,
                               do_program=False, nextpnr_opts=["--timing-allow-fail"])
@@ -764,7 +798,10 @@ def build_bitstream(program, board: Board | str, *, lanes: int, out_dir: str | P
             if rpt.is_file() else {},
             images=len(levels),
             image_source=source, expected_classes=expected,
-            pll=top.pll.to_dict() if top.pll else None, stage_seconds=dict(steps.seconds),
+            pll=top.pll.to_dict() if top.pll else None,
+            host_link=link_throughput(program, baud, top.clock_mhz, cycles_per_image)
+            if host_link else None,
+            stage_seconds=dict(steps.seconds),
             synthesis_cells=yosys, utilisation={k: list(v) for k, v in util.items()},
             logs={"yosys": str(rpt), "nextpnr": str(tim), "console": str(out / "build.log")},
             notes=list(notes), error=error)

@@ -310,3 +310,69 @@ def check_board_matches(info: InfoReply, program) -> None:
                             + "; ".join(problems)
                             + ". Build and load it with `bitspike build PROG --board B "
                               "--program`")
+
+
+# ------------------------------------------------------------------------- batch comparison
+
+def run_and_compare(link: BoardLink, program, images, labels=None, *, progress=None) -> dict:
+    """Classify ``images`` on the board and compare every result with the golden model (class,
+    logits) and the cycle model (cycles, for the board's lane count): what ``bitspike board
+    run`` prints. ``labels``: the images' true classes, for the accuracy."""
+    import numpy as np
+    import torch
+
+    from ..sim.reference import expected_results
+
+    info = link.info()
+    check_board_matches(info, program)
+    images = np.asarray(images)
+    expected = expected_results(program, torch.from_numpy(images.astype(np.int64)),
+                                lanes=info.lanes)
+    results, mismatches = [], []
+    start = time.perf_counter()
+    for i, got in enumerate(link.infer_batch(images, progress=progress)):
+        want = expected[i]
+        results.append(got)
+        wrong = [what for what, a, b in (("class", got.klass, want.klass),
+                                         ("logits", list(got.logits), want.logits),
+                                         ("cycles", got.cycles, want.cycles)) if a != b]
+        if wrong:
+            mismatches.append({"image": i, "fields": wrong,
+                               "expected": {"class": want.klass, "logits": want.logits,
+                                            "cycles": want.cycles},
+                               "got": {"class": got.klass, "logits": list(got.logits),
+                                       "cycles": got.cycles}})
+    seconds = time.perf_counter() - start
+    classes = [r.klass for r in results]
+    cycles = [r.cycles for r in results]
+    out = {"images": len(results), "board": info.to_dict(),
+           "golden_identical": len(results) - len(mismatches), "mismatches": mismatches,
+           "classes": classes, "seconds": seconds,
+           "inferences_per_second": len(results) / seconds if seconds else 0.0,
+           "engine_inferences_per_second":
+               info.clock_khz * 1e3 / float(np.mean(cycles)) if cycles else 0.0,
+           "mean_cycles": float(np.mean(cycles)) if cycles else 0.0,
+           "retries": link.stats.retries}
+    if labels is not None:
+        labels = np.asarray(labels)[:len(classes)]
+        out["accuracy"] = float(np.mean(np.asarray(classes) == labels)) if classes else 0.0
+    return out
+
+
+def format_run(result: dict) -> str:
+    """``bitspike board run``'s text report."""
+    board = result["board"]
+    lines = [f"board   {board['lanes']} lanes at {board['clock_mhz']:g} MHz, "
+             f"{board['baud']:,} baud, Program {board['program_id']} (matches)"]
+    if "accuracy" in result:
+        lines.append(f"accuracy {100 * result['accuracy']:.2f} % on {result['images']} images")
+    lines.append(f"golden  {result['golden_identical']}/{result['images']} identical to the "
+                 "golden model (class, logits) and the cycle model (cycles)")
+    for m in result["mismatches"][:5]:
+        lines.append(f"  MISMATCH image {m['image']}: {', '.join(m['fields'])}: expected "
+                     f"{m['expected']}, got {m['got']}")
+    lines.append(f"speed   {result['inferences_per_second']:,.1f} inferences/s over the link "
+                 f"({result['images']} in {result['seconds']:.2f} s, {result['retries']} "
+                 f"retries); the engine alone: {result['engine_inferences_per_second']:,.0f} "
+                 f"inferences/s ({result['mean_cycles']:,.0f} cycles per image)")
+    return "\n".join(lines)

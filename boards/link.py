@@ -137,8 +137,7 @@ class LinkConfig:
         if self.pixels > 0xFFFF:
             raise LinkUnsupported(f"an input of {self.pixels} levels exceeds the host link's "
                                   "65535-byte frames")
-        logit_bits = logit_layout(engine_config).size - \
-            data.Layout.cast(logit_layout(engine_config))["index"].width
+        logit_bits = logit_layout(engine_config)["value"].shape.width
         if logit_bits > 8 * proto.LOGIT_BYTES:
             raise LinkUnsupported(f"the engine's {logit_bits}-bit logits do not fit the host "
                                   f"link's {proto.LOGIT_BYTES}-byte logits")
@@ -153,7 +152,7 @@ class LinkConfig:
         self.rate = "rate" in engine_config.modes
 
     def info_constants(self) -> dict[str, int]:
-        """The INFO fields fixed at build time (all but ``flags``, ``frames``, ``errors``)."""
+        """The INFO fields fixed at build time (all but ``flags``)."""
         return {"version": proto.PROTOCOL_VERSION, "program_id": self.program_id,
                 "lanes": self.engine_config.lanes, "pixels": self.pixels,
                 "max_level": self.max_level, "classes": self.classes,
@@ -318,8 +317,11 @@ class FrameReceiver(wiring.Component):
         command = Signal(8)
         length_lo = Signal(8)
         length = Cat(length_lo, byte)  # valid in LenHi, with the byte that completes it
-        left = Signal(17)  # bytes of the frame still to come (payload and CRC)
-        index = Signal(16)  # the payload byte that comes next
+        # no request carries more than the input's levels: counters of that size (a longer
+        # declared length is an error at once, and the frame is skipped until the line idles)
+        left = Signal(range(self._pixels + 3))  # bytes of the frame still to come (and CRC)
+        index = Signal(range(self._pixels + 1))  # the payload byte that comes next
+        skip = Signal()
         store = Signal()  # a well-formed INFER header: write the payload into the buffer
         error = Signal(3)
         level_high = Signal()
@@ -357,7 +359,7 @@ class FrameReceiver(wiring.Component):
                             m.next = "LengthHi"
                     elif state == "LengthHi":
                         with m.If(got):
-                            m.d.sync += left.eq(length + 2)
+                            m.d.sync += [left.eq(length + 2), skip.eq(length > self._pixels)]
                             with m.Switch(command):
                                 with m.Case(Command.INFO):
                                     with m.If(length != 0):
@@ -375,10 +377,11 @@ class FrameReceiver(wiring.Component):
                         m.d.comb += [self.buffer.addr.eq(index), self.buffer.data.eq(byte),
                                      self.buffer.en.eq(got & payload_byte)]
                         with m.If(got):
-                            m.d.sync += [left.eq(left - 1), index.eq(index + 1)]
+                            with m.If(~skip):  # skipped: until the timeout ends the frame
+                                m.d.sync += [left.eq(left - 1), index.eq(index + 1)]
                             with m.If(payload_byte & (byte > self._max_level)):
                                 m.d.sync += level_high.eq(1)
-                            with m.If(left == 1):
+                            with m.If((left == 1) & ~skip):
                                 m.next = "Check"
             with m.State("Check"):  # the CRC register now holds all the frame's bytes
                 m.d.sync += result.eq(Mux(error != 0, error,
@@ -416,6 +419,10 @@ class Responder(wiring.Component):
         The reply, to the transmitter.
     weights_ready, flash_error : In(1)
         Reported in INFO's flags.
+    last_class : Out(4)
+        The low bits of the last inference's class (the board's LEDs).
+    last_ok : Out(1)
+        The last reply was not an error reply.
     """
 
     def __init__(self, link: LinkConfig):
@@ -429,57 +436,78 @@ class Responder(wiring.Component):
             "i_logits": In(stream.Signature(logit_layout(cfg))),
             "i_result": In(stream.Signature(result_layout(cfg))),
             "o_byte": Out(stream.Signature(8)),
-            "weights_ready": In(1), "flash_error": In(1)})
+            "weights_ready": In(1), "flash_error": In(1),
+            "last_class": Out(4), "last_ok": Out(1)})
 
-    def _info_bits(self, flags, frames, errors):
-        """The INFO payload as one vector, first byte in the low bits."""
-        constants = self._link.info_constants()
-        live = {"flags": flags, "frames": frames, "errors": errors}
-        parts = [Const(int.from_bytes(proto.INFO_MAGIC, "little"), 32)]
-        for name, size in proto.INFO_FIELDS[1:]:
-            value = live[name] if name in live else Const(constants[name], 8 * size)
-            parts.append(value.as_unsigned()[:8 * size] if len(value) >= 8 * size else
-                         Cat(value, Const(0, 8 * size - len(value))))
-        return Cat(*parts)
+    def _info_rom(self) -> tuple[list[int], dict[int, tuple[str, int]]]:
+        """The INFO payload's bytes as fixed at build time, and the live bytes: offset ->
+        (field, byte of the field)."""
+        constants = {**self._link.info_constants(), "flags": 0}
+        payload = proto.info_payload(**constants)
+        live, at = {}, 0
+        for name, size in proto.INFO_FIELDS:
+            if name == "flags":
+                live.update({at + k: (name, k) for k in range(size)})
+            at += size
+        return list(payload), live
 
     def elaborate(self, platform):  # noqa: C901 - one reply, read top to bottom
         m = Module()
         link = self._link
         pixels, classes = link.pixels, link.classes
-        frames = Signal(16)
-        errors = Signal(16)
-        flags = Cat(self.weights_ready, self.flash_error, Const(int(link.rate), 1),
-                    Const(0, 5))
-        info = self._info_bits(flags, frames, errors)
+        live_values = {"flags": Cat(self.weights_ready, self.flash_error,
+                                    Const(int(link.rate), 1), Const(0, 5))}
 
         command = Signal(8)
         error = Signal(3)
         code = Signal(8)
         length = Signal(16)
         crc = Signal(16)
-        count = Signal(range(max(proto.INFO_LENGTH, pixels, classes, 6) + 1))
-        word = Signal(48)  # a logit (4 bytes) or the class and cycle count (6 bytes)
-        word_left = Signal(range(7))
-        last_word = Signal()  # the word is the class and cycle count: the CRC follows
-        result = Signal(48)  # the class (2 bytes) and the cycle count (4 bytes)
+        count = Signal(range(max(proto.INFO_LENGTH, pixels, 6) + 1))  # the body's byte
+        part = Signal(2)  # the byte of a logit
+        logits_left = Signal(range(classes + 1))
+        addr = Signal(range(max(2, pixels)))
+        out = self.o_byte
+        sent = out.valid & out.ready
+        advance = Signal()  # the byte on offer is taken: the body's next byte
+        into_crc = Signal()
+        m.d.comb += advance.eq(sent)
+        # one CRC network for every byte of the reply (the sync byte and the CRC stay out)
+        with m.If(sent & into_crc):
+            m.d.sync += crc.eq(crc16_next(crc, out.payload))
+
+        def send(value, *, crc=True):
+            m.d.comb += [out.valid.eq(1), out.payload.eq(value), into_crc.eq(int(crc))]
+
+        # the INFO bytes fixed at build time, in a ROM read one byte ahead
+        rom_bytes, live = self._info_rom()
+        m.submodules.info = info = Memory(shape=8, depth=len(rom_bytes), init=rom_bytes,
+                                          attrs=BLOCK_RAM_ATTRS)  # in LUTs: 100 on the iCE40
+        info_read = info.read_port()
+        m.d.comb += info_read.addr.eq(Mux(advance, count + 1, count))
+        info_byte = Signal(8)
+        m.d.comb += info_byte.eq(info_read.data)
+        with m.Switch(count):
+            for offset, (name, k) in live.items():
+                with m.Case(offset):
+                    m.d.comb += info_byte.eq(live_values[name].word_select(k, 8))
+
         # the logits, taken as the engine sends them (never back-pressured: its cycle count is
-        # the cycle model's) and sent from here at the UART's pace
+        # the cycle model's) and sent from here at the UART's pace, one read ahead
         value_shape = self.i_logits.payload.value.shape()
         m.submodules.logits = logits = Memory(shape=value_shape, depth=max(2, classes),
                                               init=[], attrs=BLOCK_RAM_ATTRS)
         logit_write, logit_read = logits.write_port(), logits.read_port()
         logit_addr = Signal(range(max(2, classes + 1)))
-        m.d.comb += logit_read.addr.eq(logit_addr)
-        logits_left = Signal(range(classes + 1))
-        addr = Signal(range(max(2, pixels)))
-        out = self.o_byte
-        sent = out.valid & out.ready
-
-        def send(value, *, into_crc=True):
-            m.d.comb += [out.valid.eq(1), out.payload.eq(value)]
-            if into_crc:
-                with m.If(sent):
-                    m.d.sync += crc.eq(crc16_next(crc, value))
+        next_logit = Signal()
+        m.d.comb += logit_read.addr.eq(Mux(next_logit, logit_addr + 1, logit_addr))
+        logit_word = Signal(8 * proto.LOGIT_BYTES)
+        m.d.comb += logit_word.eq(logit_read.data.as_signed())
+        # the class and the cycle count come straight from the engine's o_result, which holds
+        # them (and stops its cycle counter) until they are taken after the last byte
+        result = self.i_result.payload
+        result_word = Cat(result.klass.as_unsigned(), Const(0, 16 - len(result.klass)),
+                          result.cycles)
 
         m.d.comb += self.buffer.addr.eq(addr)
         with m.FSM():
@@ -487,8 +515,8 @@ class Responder(wiring.Component):
                 m.d.comb += [self.i_request.ready.eq(1), self.buffer.addr.eq(0)]
                 req = self.i_request.payload
                 with m.If(self.i_request.valid):
-                    m.d.sync += [command.eq(req.command), error.eq(req.error), count.eq(0),
-                                 crc.eq(proto.CRC_INIT), addr.eq(0)]
+                    m.d.sync += [command.eq(req.command), error.eq(req.error),
+                                 crc.eq(proto.CRC_INIT), addr.eq(0), logit_addr.eq(0)]
                     with m.If(req.error != 0):
                         m.d.sync += [code.eq(proto.ERROR_CODE), length.eq(2)]
                         m.next = "Sync"
@@ -506,23 +534,20 @@ class Responder(wiring.Component):
                     m.d.comb += self.buffer.addr.eq(addr + 1)
                     m.d.sync += addr.eq(addr + 1)
                     with m.If(addr == pixels - 1):
-                        m.d.sync += [addr.eq(0), logit_addr.eq(0)]
+                        m.d.sync += addr.eq(0)
                         m.next = "Collect"
-            with m.State("Collect"):  # the logits and the result, as fast as the engine sends
-                m.d.comb += [self.i_logits.ready.eq(1), self.i_result.ready.eq(1),
+            with m.State("Collect"):  # the logits as the engine sends them, until the result
+                m.d.comb += [self.i_logits.ready.eq(1),
                              logit_write.addr.eq(logit_addr),
                              logit_write.data.eq(self.i_logits.payload.value),
                              logit_write.en.eq(self.i_logits.valid)]
                 with m.If(self.i_logits.valid):
                     m.d.sync += logit_addr.eq(logit_addr + 1)
                 with m.If(self.i_result.valid):
-                    res = self.i_result.payload
-                    m.d.sync += [result.eq(Cat(res.klass.as_unsigned(),
-                                               Const(0, 16 - len(res.klass)), res.cycles)),
-                                 logit_addr.eq(0)]
+                    m.d.sync += logit_addr.eq(0)
                     m.next = "Sync"
             with m.State("Sync"):
-                send(proto.REPLY_SYNC, into_crc=False)
+                send(proto.REPLY_SYNC, crc=False)
                 with m.If(sent):
                     m.next = "Code"
             with m.State("Code"):
@@ -535,14 +560,15 @@ class Responder(wiring.Component):
                     m.next = "LengthHi"
             with m.State("LengthHi"):
                 send(length[8:])
+                m.d.comb += advance.eq(0)  # the body starts at byte 0
                 with m.If(sent):
-                    m.d.sync += [count.eq(0), logits_left.eq(classes), last_word.eq(0)]
+                    m.d.sync += [count.eq(0), part.eq(0), logits_left.eq(classes)]
                     with m.If(code == proto.ERROR_CODE):
                         m.next = "ErrorBody"
                     with m.Elif(code == Command.INFO):
                         m.next = "InfoBody"
                     with m.Else():
-                        m.next = "NextWord"
+                        m.next = "Logits"
             with m.State("ErrorBody"):
                 send(Mux(count == 0, error, command))
                 with m.If(sent):
@@ -550,41 +576,38 @@ class Responder(wiring.Component):
                     with m.If(count == 1):
                         m.next = "CrcHi"
             with m.State("InfoBody"):
-                send(info.word_select(count, 8))
+                send(info_byte)
                 with m.If(sent):
                     m.d.sync += count.eq(count + 1)
                     with m.If(count == proto.INFO_LENGTH - 1):
                         m.next = "CrcHi"
-            with m.State("NextWord"):  # the next logit (read since the last one), else the result
-                with m.If(logits_left != 0):
-                    m.d.sync += [word.eq(logit_read.data.as_signed()),
-                                 word_left.eq(proto.LOGIT_BYTES),
-                                 logits_left.eq(logits_left - 1), logit_addr.eq(logit_addr + 1)]
-                with m.Else():
-                    m.d.sync += [word.eq(result),
-                                 word_left.eq(proto.CLASS_BYTES + proto.CYCLES_BYTES),
-                                 last_word.eq(1)]
-                m.next = "Word"
-            with m.State("Word"):
-                send(word[:8])
+            with m.State("Logits"):
+                send(logit_word.word_select(part, 8))
                 with m.If(sent):
-                    m.d.sync += [word.eq(word >> 8), word_left.eq(word_left - 1)]
-                    with m.If(word_left == 1):
-                        m.next = "NextWord"
-                        with m.If(last_word):
-                            m.next = "CrcHi"
+                    m.d.sync += part.eq(part + 1)
+                    with m.If(part == proto.LOGIT_BYTES - 1):
+                        m.d.comb += next_logit.eq(1)
+                        m.d.sync += [logit_addr.eq(logit_addr + 1),
+                                     logits_left.eq(logits_left - 1)]
+                        with m.If(logits_left == 1):
+                            m.next = "Result"
+            with m.State("Result"):
+                send(result_word.word_select(count[:3], 8))
+                with m.If(sent):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == proto.CLASS_BYTES + proto.CYCLES_BYTES - 1):
+                        m.d.comb += self.i_result.ready.eq(1)  # the engine's next inference
+                        m.d.sync += self.last_class.eq(result.klass)
+                        m.next = "CrcHi"
             with m.State("CrcHi"):
-                send(crc[8:], into_crc=False)
+                send(crc[8:], crc=False)
                 with m.If(sent):
                     m.next = "CrcLo"
             with m.State("CrcLo"):
-                send(crc[:8], into_crc=False)
+                send(crc[:8], crc=False)
                 with m.If(sent):
                     m.d.comb += self.done.eq(1)
-                    with m.If(code == proto.ERROR_CODE):
-                        m.d.sync += errors.eq(errors + 1)
-                    with m.Else():
-                        m.d.sync += frames.eq(frames + 1)
+                    m.d.sync += self.last_ok.eq(code != proto.ERROR_CODE)
                     m.next = "Idle"
         return m
 
@@ -605,6 +628,8 @@ class HostLink(wiring.Component):
     o_pixels, i_logits, i_result : to and from the engine (``wiring.connect`` them).
     weights_ready, flash_error : In(1)
         Reported in INFO's flags.
+    last_class, last_ok : Out
+        The last inference's class (low bits) and whether the last reply was not an error.
     """
 
     def __init__(self, link: LinkConfig):
@@ -617,7 +642,8 @@ class HostLink(wiring.Component):
             "o_pixels": Out(stream.Signature(unsigned(link.input_bits))),
             "i_logits": In(stream.Signature(logit_layout(cfg))),
             "i_result": In(stream.Signature(result_layout(cfg))),
-            "weights_ready": In(1), "flash_error": In(1)})
+            "weights_ready": In(1), "flash_error": In(1),
+            "last_class": Out(4), "last_ok": Out(1)})
 
     @property
     def config(self) -> LinkConfig:
@@ -646,7 +672,8 @@ class HostLink(wiring.Component):
                      write.en.eq(receiver.buffer.en),
                      read.addr.eq(responder.buffer.addr), responder.buffer.data.eq(read.data),
                      responder.weights_ready.eq(self.weights_ready),
-                     responder.flash_error.eq(self.flash_error)]
+                     responder.flash_error.eq(self.flash_error),
+                     self.last_class.eq(responder.last_class), self.last_ok.eq(responder.last_ok)]
         wiring.connect(m, responder.o_pixels, wiring.flipped(self.o_pixels))
         wiring.connect(m, wiring.flipped(self.i_logits), responder.i_logits)
         wiring.connect(m, wiring.flipped(self.i_result), responder.i_result)
@@ -666,6 +693,7 @@ class LinkedEngine(wiring.Component):
     Members
     -------
     rx : In(1), tx : Out(1)
+    last_class, last_ok : Out (:class:`HostLink`'s, for LEDs)
     flash : Out(flash_signature()), only with a LoadedEngine
     """
 
@@ -675,7 +703,8 @@ class LinkedEngine(wiring.Component):
             raise ValueError("the host link serves an engine without a trace port")
         self._engine = engine
         self._link = HostLink(link)
-        members = {"rx": In(1, init=1), "tx": Out(1, init=1)}
+        members = {"rx": In(1, init=1), "tx": Out(1, init=1), "last_class": Out(4),
+                   "last_ok": Out(1)}
         if "flash" in engine.signature.members:
             members["flash"] = engine.signature.members["flash"]
         super().__init__(members)
@@ -688,7 +717,8 @@ class LinkedEngine(wiring.Component):
         m = Module()
         m.submodules.engine = engine = self._engine
         m.submodules.link = link = self._link
-        m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
+        m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx),
+                     self.last_class.eq(link.last_class), self.last_ok.eq(link.last_ok)]
         wiring.connect(m, link.o_pixels, engine.i_stream)
         wiring.connect(m, engine.o_logits, link.i_logits)
         wiring.connect(m, engine.o_result, link.i_result)

@@ -88,12 +88,10 @@ class LinkError(IntEnum):
 #: The INFO reply's payload, in order: (field, bytes). Little-endian integers but ``magic``.
 #: ``flags`` bit 0: the engine's weights are in (iCE40: loaded from the SPI flash), bit 1: the
 #: flash load failed (its header did not match), bit 2: the engine runs rate-coded Programs.
-#: ``frames`` counts the requests answered without error and ``errors`` the error replies, both
-#: since reset (16 bits, wrapping).
 INFO_FIELDS: tuple[tuple[str, int], ...] = (
     ("magic", 4), ("version", 1), ("flags", 1), ("program_id", 4), ("lanes", 1),
     ("pixels", 2), ("max_level", 1), ("classes", 2), ("logit_bytes", 1),
-    ("clock_khz", 4), ("baud", 4), ("timeout_us", 4), ("frames", 2), ("errors", 2),
+    ("clock_khz", 4), ("baud", 4), ("timeout_us", 4),
 )
 INFO_LENGTH = sum(n for _, n in INFO_FIELDS)
 
@@ -248,8 +246,6 @@ class InfoReply:
     clock_khz: int
     baud: int
     timeout_us: int
-    frames: int
-    errors: int
 
     @property
     def weights_ready(self) -> bool:
@@ -270,8 +266,7 @@ class InfoReply:
                 "lanes": self.lanes, "pixels": self.pixels, "max_level": self.max_level,
                 "classes": self.classes, "logit_bytes": self.logit_bytes,
                 "clock_mhz": self.clock_khz / 1000, "baud": self.baud,
-                "timeout_ms": self.timeout_us / 1000, "frames_ok": self.frames,
-                "error_replies": self.errors}
+                "timeout_ms": self.timeout_us / 1000}
 
 
 def info_payload(**values: int) -> bytes:

@@ -12,12 +12,14 @@
   locks, or the FPGA configures (at least 15 us: iCE40 block RAMs read as zero for about 3 us
   after configuration).
 - **Heartbeat.** One LED toggles every half second (about 1 Hz): the clock runs.
-- **Self-test** (:class:`SelfTest`), until the UART host link replaces it: a ROM of sample
-  images feeds the engine's ``i_stream`` one image after another, forever; each result is shown
-  for a moment on the class LEDs (the class, bit 0 first) and the match LED is lit when the
-  engine's class equals the golden model's expected class for that image. The engine's output
-  streams are always ready. This keeps the engine from being optimised away and makes the board
-  show a real, checked inference.
+- **Host link** (default, :mod:`bitspike.boards.link`): the engine served over the board's
+  FTDI UART (:mod:`bitspike.boards.protocol`; ``bitspike board run``). The class LEDs show the
+  low bits of the last inference's class, the match LED that the last reply was not an error.
+- **Self-test** (:class:`SelfTest`, ``bitspike build --self-test``), for a board without a
+  host: a ROM of sample images feeds the engine's ``i_stream`` one image after another,
+  forever; each result is shown for a moment on the class LEDs (the class, bit 0 first) and the
+  match LED is lit when the engine's class equals the golden model's expected class for that
+  image.
 - **Memories.** On ECP5 every engine memory is block RAM initialised by the bitstream. On the
   iCE40UP5K the weights and the event lists are in SPRAM (:mod:`bitspike.hw.memories`); the
   weights are copied from the SPI flash (the image ``bitspike build`` writes next to the
@@ -40,6 +42,7 @@ from ..hw.memories import BLOCK_RAM_ATTRS, MemoryPlan, RamKind
 from ..sw.errors import BitspikeError
 from ..sw.program import Program
 from .flash_loader import WAKE_SECONDS, LoadedEngine
+from .link import DEFAULT_BAUD, LinkConfig, LinkedEngine
 from .pll import PllSettings, ecp5_pll, ice40_pll, pll_instance
 from .targets import Board, Family, get_board
 
@@ -227,6 +230,10 @@ class BoardTop(wiring.Component):
         The requested engine clock (default: the board's :attr:`Board.default_clock_mhz`).
     show_seconds : float
         How long each self-test result stays on the LEDs.
+    host_link : bool
+        Serve the engine over the UART host link (default); ``False``: the LED self-test.
+    baud : int
+        The host link's UART rate.
 
     Raises
     ------
@@ -240,15 +247,17 @@ class BoardTop(wiring.Component):
     The component has no ports: everything it uses it requests from the platform.
     """
 
-    def __init__(self, *, board, program: Program, config, images, expected,
-                 clock_mhz: float | None = None, show_seconds: float = SHOW_SECONDS):
+    def __init__(self, *, board, program: Program, config, images=None, expected=None,
+                 clock_mhz: float | None = None, show_seconds: float = SHOW_SECONDS,
+                 host_link: bool = True, baud: int = DEFAULT_BAUD):
         from ..hw.engine import Engine
 
         try:
             self._board = get_board(board)
             if not isinstance(program, Program):
                 raise TypeError(f"program must be a Program, not {program!r}")
-            levels = _levels(program, images)
+            if not host_link and (images is None or expected is None):
+                raise TypeError("the self-test needs images and their expected classes")
             self._pll = clock_plan(self._board, clock_mhz)
             self._clock_hz = 1e6 * (self._pll.output_mhz if self._pll else
                                     self._board.oscillator_mhz)
@@ -266,8 +275,14 @@ class BoardTop(wiring.Component):
                 self._driven = LoadedEngine(
                     engine=self._engine, rows=sum(weight_rows(program, config.lanes)),
                     wake_cycles=max(1, round(WAKE_SECONDS * self._clock_hz)))
-            self._selftest = SelfTest(engine=self._driven, images=levels, expected=expected,
-                                      show_cycles=round(show_seconds * self._clock_hz))
+            self._link = self._selftest = None
+            if host_link:
+                self._link = LinkedEngine(engine=self._driven, link=LinkConfig(
+                    program=program, engine_config=config, clock_hz=self._clock_hz, baud=baud))
+            else:
+                self._selftest = SelfTest(engine=self._driven, images=_levels(program, images),
+                                          expected=expected,
+                                          show_cycles=round(show_seconds * self._clock_hz))
         except Exception:
             self._MustUse__silence = True  # refused before it could be used: no warning
             raise
@@ -280,6 +295,11 @@ class BoardTop(wiring.Component):
     @property
     def engine(self):
         return self._engine
+
+    @property
+    def host_link(self):
+        """The :class:`~bitspike.boards.link.LinkedEngine`, or ``None`` (self-test)."""
+        return self._link
 
     @property
     def memory(self) -> MemoryPlan:
@@ -350,14 +370,20 @@ class BoardTop(wiring.Component):
         with m.Else():
             m.d.sync += beat_timer.eq(beat_timer + 1)
 
-        # --- the engine: self-test now --------------------------------------------------------
-        # HOST LINK (next step): the UART host link replaces the self-test here. It will
-        # request board.uart (the FTDI UART) and connect its receiver to the engine's i_stream
-        # and o_logits / o_result to its transmitter; until then the self-test drives them.
-        m.submodules.selftest = selftest = self._selftest
+        # --- the engine: on the host link (the FTDI UART), or the self-test ------------------
+        if self._link is not None:
+            m.submodules.link = driver = self._link
+            uart = platform.request(board.uart.name, board.uart.number, dir="-")
+            m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+            m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+            m.d.comb += [driver.rx.eq(rx.i), tx.o.eq(driver.tx)]
+            klass, match = driver.last_class, driver.last_ok
+        else:
+            m.submodules.selftest = driver = self._selftest
+            klass, match = driver.klass, driver.match
         if isinstance(self._driven, LoadedEngine):  # the weights come from the SPI flash
             pins = platform.request("spi_flash_1x", 0, dir="-")
-            flash = self._driven.flash
+            flash = driver.flash if self._link is not None else self._driven.flash
             for name, sig in (("cs", flash.cs), ("clk", flash.clk), ("copi", flash.copi)):
                 m.submodules[f"flash_{name}"] = buf = io.Buffer("o", getattr(pins, name))
                 m.d.comb += buf.o.eq(sig)
@@ -371,7 +397,7 @@ class BoardTop(wiring.Component):
             return buf.o
 
         for bit, res in enumerate(board.class_leds):
-            m.d.comb += led(res).eq(selftest.klass[bit])
-        m.d.comb += led(board.match_led).eq(selftest.match)
+            m.d.comb += led(res).eq(klass[bit])
+        m.d.comb += led(board.match_led).eq(match)
         m.d.comb += led(board.heartbeat_led).eq(beat)
         return m

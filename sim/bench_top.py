@@ -22,8 +22,8 @@ class BenchTop(wiring.Component):
 
     Parameters
     ----------
-    engine : bitspike.hw.engine.Engine
-        The engine (any configuration, traced or not).
+    engine : bitspike.hw.engine.Engine or bitspike.boards.link.LinkedEngine
+        The engine (any configuration, traced or not), or the engine behind the host link.
 
     Members
     -------
@@ -44,6 +44,12 @@ class BenchTop(wiring.Component):
         m.d.sync += reset.eq(ResetSignal("sync"))
         m.d.comb += [domain.clk.eq(ClockSignal("sync")), domain.rst.eq(reset)]
         m.submodules.engine = DomainRenamer("engine")(self._engine)
-        for name in self.signature.members:
-            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(self._engine, name))
+        for name, member in self.signature.members.items():
+            if member.is_signature:
+                wiring.connect(m, wiring.flipped(getattr(self, name)),
+                               getattr(self._engine, name))
+            elif member.flow is wiring.In:  # a plain port (the host link's UART lines)
+                m.d.comb += getattr(self._engine, name).eq(getattr(self, name))
+            else:
+                m.d.comb += getattr(self, name).eq(getattr(self._engine, name))
         return m

@@ -108,7 +108,7 @@ def engine_verilog(engine) -> str:
     return verilog.convert(BenchTop(engine), name=TOPLEVEL, emit_src=False)
 
 
-def with_clock(verilog_text: str, *, period_ns: int = None) -> str:
+def with_clock(verilog_text: str, *, period_ns: int = None, toplevel: str = TOPLEVEL) -> str:
     """The Verilog with a clock of its own: the engine's top renamed ``<top>_core`` and a new
     :data:`TOPLEVEL` with the same ports but ``clk``, which it generates (``always #half``).
 
@@ -120,18 +120,18 @@ def with_clock(verilog_text: str, *, period_ns: int = None) -> str:
     period_ns = CLOCK_NS if period_ns is None else period_ns
     if period_ns % 2:
         raise ValueError(f"the clock period must be an even number of ns, not {period_ns}")
-    ports = _port_names(verilog_text)
-    header = re.search(rf"^module {TOPLEVEL}\(([^)]*)\);", verilog_text, re.MULTILINE)
+    ports = _port_names(verilog_text, toplevel)
+    header = re.search(rf"^module {toplevel}\(([^)]*)\);", verilog_text, re.MULTILINE)
     body = verilog_text[header.end():verilog_text.index("endmodule", header.end())]
     declarations = [line for line in body.splitlines()
                     if re.match(r"\s*(input|output)\b", line) and not re.search(r"\bclk;", line)]
     if "clk" not in ports or len(declarations) != len(ports) - 1:
-        raise SimError(f"unexpected port declarations in the generated {TOPLEVEL}")
-    core = verilog_text.replace(f"module {TOPLEVEL}(", f"module {TOPLEVEL}_core(", 1)
+        raise SimError(f"unexpected port declarations in the generated {toplevel}")
+    core = verilog_text.replace(f"module {toplevel}(", f"module {toplevel}_core(", 1)
     outer = [name for name in ports if name != "clk"]
-    shell = [f"module {TOPLEVEL}({', '.join(outer)});", *declarations,
+    shell = [f"module {toplevel}({', '.join(outer)});", *declarations,
              "  reg clk = 1'b0;", f"  always #{period_ns // 2} clk = ~clk;",
-             f"  {TOPLEVEL}_core core(" + ", ".join(f".{p}({p})" for p in ports) + ");",
+             f"  {toplevel}_core core(" + ", ".join(f".{p}({p})" for p in ports) + ");",
              "endmodule"]
     return core + "\n" + "\n".join(shell) + "\n"
 
@@ -175,23 +175,23 @@ class Build:
     seconds: float
 
 
-def _port_names(verilog_text: str) -> list[str]:
+def _port_names(verilog_text: str, toplevel: str = TOPLEVEL) -> list[str]:
     """The top module's ports, from its header."""
-    header = re.search(rf"^module {TOPLEVEL}\(([^)]*)\);", verilog_text, re.MULTILINE)
+    header = re.search(rf"^module {toplevel}\(([^)]*)\);", verilog_text, re.MULTILINE)
     if header is None:
-        raise SimError(f"no module {TOPLEVEL} in the generated Verilog")
+        raise SimError(f"no module {toplevel} in the generated Verilog")
     return [name.strip() for name in header.group(1).split(",")]
 
 
-def _verilator_control(verilog_text: str) -> str:
+def _verilator_control(verilog_text: str, toplevel: str = TOPLEVEL) -> str:
     """A Verilator control file that makes only the top module's ports visible to cocotb.
 
     cocotb's runner marks every signal public (``--public-flat-rw``), which keeps Verilator
     from optimising the model (about 10x slower on the engine); the bench only needs the ports.
     """
     lines = ["`verilator_config"]
-    lines += [f'public_flat_rw -module "{TOPLEVEL}" -var "{name}"'
-              for name in [*_port_names(verilog_text), "clk"]]
+    lines += [f'public_flat_rw -module "{toplevel}" -var "{name}"'
+              for name in [*_port_names(verilog_text, toplevel), "clk"]]
     return "\n".join(lines) + "\n"
 
 
@@ -264,8 +264,8 @@ def for_simulator(verilog_text: str, simulator: Simulator) -> str:
 
 
 def build(verilog_text: str, *, simulator: str | Simulator | None = None, waves: bool = False,
-          root: str | os.PathLike = DEFAULT_ROOT, log=None) -> Build:
-    """Compile ``verilog_text`` (top :data:`TOPLEVEL`) for ``simulator``, or reuse the build.
+          root: str | os.PathLike = DEFAULT_ROOT, log=None, toplevel: str = TOPLEVEL) -> Build:
+    """Compile ``verilog_text`` (top ``toplevel``) for ``simulator``, or reuse the build.
 
     Raises :class:`SimError` when the simulator is missing or the build fails (the log names
     the file to read).
@@ -291,13 +291,13 @@ def build(verilog_text: str, *, simulator: str | Simulator | None = None, waves:
         if directory.exists():  # an interrupted or failed build: start clean
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
-        source = directory / f"{TOPLEVEL}.v"
+        source = directory / f"{toplevel}.v"
         source.write_text(verilog_text)
         runner = _runner(sim)
         sources = [source]
         if sim is Simulator.VERILATOR:
             control = directory / "ports.vlt"
-            control.write_text(_verilator_control(verilog_text))
+            control.write_text(_verilator_control(verilog_text, toplevel))
             sources.insert(0, control)
         build_log = directory / "build.log"
         saved_makeflags = os.environ.get("MAKEFLAGS")
@@ -305,7 +305,7 @@ def build(verilog_text: str, *, simulator: str | Simulator | None = None, waves:
             os.environ["MAKEFLAGS"] = " ".join(VERILATOR_MAKE_VARIABLES)
         try:
             with _hidden_pytest():
-                runner.build(sources=sources, hdl_toplevel=TOPLEVEL, build_dir=directory,
+                runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=directory,
                              build_args=list(args), timescale=TIMESCALE, waves=waves,
                              always=True, log_file=build_log)
         except (Exception, SystemExit) as error:  # the runner exits on a failed command

@@ -496,9 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sim_command(sub, common)
 
-    from ..boards.cli import add_build_command
+    from ..boards.cli import add_board_command, add_build_command
 
     add_build_command(sub, common)
+    add_board_command(sub, common)
 
     sp = sub.add_parser("doctor", help="check the toolchain",
                         description="Report each tool, its version and whether it works.")
