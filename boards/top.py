@@ -258,6 +258,7 @@ class BoardTop(wiring.Component):
                 raise TypeError(f"program must be a Program, not {program!r}")
             if not host_link and (images is None or expected is None):
                 raise TypeError("the self-test needs images and their expected classes")
+            levels = None if host_link else _levels(program, images)  # before any engine
             self._pll = clock_plan(self._board, clock_mhz)
             self._clock_hz = 1e6 * (self._pll.output_mhz if self._pll else
                                     self._board.oscillator_mhz)
@@ -280,7 +281,7 @@ class BoardTop(wiring.Component):
                 self._link = LinkedEngine(engine=self._driven, link=LinkConfig(
                     program=program, engine_config=config, clock_hz=self._clock_hz, baud=baud))
             else:
-                self._selftest = SelfTest(engine=self._driven, images=_levels(program, images),
+                self._selftest = SelfTest(engine=self._driven, images=levels,
                                           expected=expected,
                                           show_cycles=round(show_seconds * self._clock_hz))
         except Exception:

@@ -234,15 +234,19 @@ def _scenario(link: BoardLink, transport: SimTransport, program, images, expecte
         link.infer(np.full(pixels, info.max_level + 1))
         checks.fail("host refuses a level out of range", "no error")
     except Exception as error:  # noqa: BLE001 - the message is the check
-        checks.ok("host refuses a level out of range") if "levels must lie" in str(error) \
-            else checks.fail("host refuses a level out of range", str(error))
+        if "levels must lie" in str(error):
+            checks.ok("host refuses a level out of range")
+        else:
+            checks.fail("host refuses a level out of range", str(error))
     # the board's refusal comes back as BoardRefused, not a retry loop
     try:
         link.request(Command.INFER, good[:-1])
         checks.fail("board refusal raises", "no error")
     except BoardRefused as error:
-        (checks.ok if error.kind is LinkError.BAD_LENGTH else
-         lambda n: checks.fail(n, str(error)))("board refusal raises")
+        if error.kind is LinkError.BAD_LENGTH:
+            checks.ok("board refusal raises")
+        else:
+            checks.fail("board refusal raises", str(error))
 
     # a bit flipped on the line: the board answers BAD_CRC and the host sends it again
     retries = link.stats.retries

@@ -216,7 +216,37 @@ def test_board_top_refuses_images_of_another_shape():
     with pytest.raises(BitspikeError, match="do not match the Program's input"):
         BoardTop(board="ulx3s-85f", program=program,
                  config=EngineConfig.for_program(program, lanes=2),
-                 images=images[:, :4], expected=expected)
+                 images=images[:, :4], expected=expected, host_link=False)
+    with pytest.raises(TypeError, match="the self-test needs images"):
+        BoardTop(board="ulx3s-85f", program=program,
+                 config=EngineConfig.for_program(program, lanes=2), host_link=False)
+
+
+@pytest.mark.parametrize("board,pins", [
+    ("ulx3s-85f", ['LOCATE COMP "uart_0__rx__io" SITE "M1";',
+                   'LOCATE COMP "uart_0__tx__io" SITE "L4";']),
+    ("icebreaker", ["set_io uart_0__rx__io 6", "set_io uart_0__tx__io 9"])])
+def test_board_top_serves_the_engine_on_the_ftdi_uart(board, pins):
+    """The host link is the default: its UART lines on the FTDI's pins, the self-test gone;
+    --self-test builds the self-test and leaves the UART alone."""
+    from bitspike.boards.link import LinkedEngine
+    from bitspike.hw.config import EngineConfig
+
+    program, images, expected = _small()
+    b = get_board(board)
+    config = EngineConfig.for_program(program, lanes=2)
+    top = BoardTop(board=b, program=program, config=config)
+    assert isinstance(top.host_link, LinkedEngine)
+    assert top.host_link.link.config.divisor == round(top.clock_mhz * 1e6 / 115200)
+    plan = b.platform().build(top, name="t", do_build=False)
+    constraints = plan.files["t.lpf"] if b.family is Family.ECP5 else plan.files["t.pcf"]
+    assert all(pin in constraints for pin in pins)
+    selftest = BoardTop(board=b, program=program, config=config, images=images,
+                        expected=expected, host_link=False)
+    assert selftest.host_link is None
+    plan = b.platform().build(selftest, name="t", do_build=False)
+    constraints = plan.files["t.lpf"] if b.family is Family.ECP5 else plan.files["t.pcf"]
+    assert "uart" not in constraints
 
 
 def test_sample_images_from_the_dataset_or_random(digits):
@@ -683,11 +713,15 @@ def _check_budget(report):
 
 @pytest.mark.synth
 def test_trained_digits_cnn_bitstream_for_the_icebreaker(trained_bundles, tmp_path, capsys):
-    """The default lane count (the budget's: 2) at the default 24 MHz, weights in SPRAM."""
+    """The default lane count (the budget's: 1 beside the host link) at the default 24 MHz,
+    weights in SPRAM, the host link at 115200 baud."""
     report = _build_and_show(capsys, trained_bundles / "bitserial", "icebreaker",
                              tmp_path / "ice")
     assert report["fits"] and report["meets_clock"] and report["fmax_mhz"] >= 24
-    assert report["lanes"] == 2 and report["clock_mhz"] == pytest.approx(24, rel=0.01)
+    assert report["lanes"] == 1 and report["clock_mhz"] == pytest.approx(24, rel=0.01)
+    link = report["host_link"]
+    assert (link["baud"], link["request_bytes"], link["reply_bytes"]) == (115200, 70, 52)
+    assert 0 < link["inferences_per_second"] < report["inferences_per_second"]
     assert report["luts"] <= report["luts_total"] == 5_280 and report["sprams"] == 3
     assert Path(report["bitstream"]).stat().st_size > 0
     assert Path(report["flash_image"]).stat().st_size > 0
@@ -697,10 +731,13 @@ def test_trained_digits_cnn_bitstream_for_the_icebreaker(trained_bundles, tmp_pa
 
 @pytest.mark.synth
 def test_trained_digits_cnn_bitstream_for_the_ulx3s(trained_bundles, tmp_path, capsys):
+    """P = 8 with the host link at 1 Mbaud (50 cycles per bit at 50 MHz)."""
     report = _build_and_show(capsys, trained_bundles / "bitserial", "ulx3s-85f",
-                             tmp_path / "ulx3s", "--lanes", "8")
+                             tmp_path / "ulx3s", "--lanes", "8", "--baud", "1000000")
     assert report["fits"] and report["meets_clock"] and report["fmax_mhz"] >= 50
     assert report["lanes"] == 8 and report["brams"] <= report["brams_total"] == 208
+    assert report["host_link"]["baud"] == 1_000_000
+    assert any(name.endswith("input_buffer") for name in report["memory_mapping"])
     assert report["inferences_per_second"] == pytest.approx(
         report["clock_mhz"] * 1e6 / report["cycles_per_image"])
     _check_memories_in_ram(report)

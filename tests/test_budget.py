@@ -117,16 +117,35 @@ def test_vgg_small_is_refused_on_the_icebreaker_before_synthesis(vgg_small, tmp_
 
 
 def test_too_many_lanes_are_refused_with_the_largest_that_fits(digits_cnn):
+    """With the host link the iCEBreaker holds one lane of digits-cnn; with the self-test
+    (no link) two."""
     with pytest.raises(BudgetError, match=r"with P = 6: .*LUT4s \(logic cells\): needs "
                                           r"[\d,]+ \(estimated .*\) but the icebreaker has "
-                                          r"5,280.*use --lanes 2 "):
+                                          r"5,280.*use --lanes 1 "):
         check_budget(digits_cnn, "icebreaker", lanes=6)
-    assert check_budget(digits_cnn, "icebreaker", lanes=2).fits
+    assert check_budget(digits_cnn, "icebreaker", lanes=1).fits
+    with pytest.raises(BudgetError, match="use --lanes 2 "):
+        check_budget(digits_cnn, "icebreaker", lanes=6, host_link=False)
+    assert check_budget(digits_cnn, "icebreaker", lanes=2, host_link=False).fits
+
+
+def test_the_host_link_adds_its_memories_and_logic(digits_cnn):
+    config = EngineConfig.for_program(digits_cnn, lanes=1)
+    with_link = estimate(config, "icebreaker", link=(64, 10))
+    without = estimate(config, "icebreaker")
+    names = {m.name: m for m in with_link.memories}
+    assert {"link_input_buffer", "link_logits", "link_info"} <= set(names)
+    assert names["link_input_buffer"].depth == 64 and names["link_logits"].depth == 10
+    link = [names[n] for n in ("link_input_buffer", "link_logits", "link_info")]
+    assert all(m.kind == "block" and m.tiles >= 1 for m in link)
+    assert with_link.brams == without.brams + sum(m.tiles for m in link)
+    assert with_link.luts > without.luts and with_link.ffs > without.ffs
 
 
 def test_default_lanes_are_the_most_that_fit(digits_cnn):
     assert default_lanes(digits_cnn, "icebreaker") == largest_lanes(digits_cnn,
-                                                                    "icebreaker") == 2
+                                                                    "icebreaker") == 1
+    assert default_lanes(digits_cnn, "icebreaker", host_link=False) == 2  # the self-test
     # the ULX3S holds more lanes than digits-cnn has output channels in any layer (32)
     assert largest_lanes(digits_cnn, "ulx3s-85f") > 32
     assert default_lanes(digits_cnn, "ulx3s-85f") == 32
