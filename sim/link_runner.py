@@ -33,7 +33,7 @@ from .runner import (
     with_clock,
 )
 
-__all__ = ["LINK_TOPLEVEL", "run_link", "link_verilog"]
+__all__ = ["LINK_TOPLEVEL", "link_verilog", "run_link", "run_link_command"]
 
 LINK_TOPLEVEL = "bitspike_board"
 TEST_MODULE = "bitspike.sim.link_tb"
@@ -67,19 +67,39 @@ def link_verilog(program, *, lanes: int, config=None, fault=None):
 def run_link(program, images, *, lanes: int, count: int | None = None, malformed: bool = True,
              simulator=None, root=DEFAULT_ROOT, host_timeout: float = 60.0,
              fault=None) -> dict:
-    """Serve ``program`` on the simulated link and run the bench's scenario (module docstring
+    """Serve ``program`` on the simulated link and run the bench's scenario (the docstring
     of :mod:`bitspike.sim.link_tb`): ``count`` images (default: all) through
     ``BoardLink.infer``, then, with ``malformed``, every malformed frame kind, a corrupted
     request and a reset mid-frame. Returns the report; raises :class:`SimError` when the bench
     fails (the message has its first failure). ``fault``: tests only, a deliberately broken
     engine (:class:`~bitspike.hw.faults.EngineFault`)."""
-    from bitspike.sw.images import write_bundle
-
-    sim = choose_simulator(simulator)
     images = checked_images(program, images)
     count = len(images) if count is None else count
     if malformed and len(images) < 4:
         raise SimError("the malformed-frame checks need at least 4 images")
+    report = _run(program, images, lanes=lanes, simulator=simulator, root=root, fault=fault,
+                  job={"count": count, "malformed": malformed, "host_timeout": host_timeout})
+    failed = {k: v for k, v in report["checks"].items() if v != "ok"}
+    if report["error"] or report["mismatches"] or failed:
+        first = report["error"] or (report["mismatches"][:1] or [failed])[0]
+        raise SimError(f"the host-link bench failed: {first} (log: {report['log']})")
+    return report
+
+
+def run_link_command(program, command: list[str], *, lanes: int, simulator=None,
+                     root=DEFAULT_ROOT) -> dict:
+    """Serve ``program`` on the simulated link behind a pseudo-terminal and run ``command``
+    (``{port}`` in it replaced by the pty's path) against it; the report has its
+    ``returncode``, ``stdout`` and ``stderr``."""
+    images = np.zeros((1, *program.input.shape), dtype=np.int64)
+    return _run(program, images, lanes=lanes, simulator=simulator, root=root, fault=None,
+                job={"command": list(command)})
+
+
+def _run(program, images, *, lanes, simulator, root, fault, job: dict) -> dict:
+    from bitspike.sw.images import write_bundle
+
+    sim = choose_simulator(simulator)
     text, link = link_verilog(program, lanes=lanes, fault=fault)
     built = build(text, simulator=sim, root=root, toplevel=LINK_TOPLEVEL)
     folder = (built.directory / "runs" / f"{os.getpid()}-{threading.get_ident()}").resolve()
@@ -89,8 +109,8 @@ def run_link(program, images, *, lanes: int, count: int | None = None, malformed
     write_bundle(program, folder / "program")
     np.save(folder / "images.npy", np.asarray(images, dtype=np.int64))
     (folder / "job.json").write_text(json.dumps({
-        "lanes": lanes, "count": count, "malformed": malformed, "clock_ns": CLOCK_NS,
-        "bit_ns": CLOCK_NS * link.divisor, "host_timeout": host_timeout}) + "\n")
+        "lanes": lanes, "clock_ns": CLOCK_NS, "bit_ns": CLOCK_NS * link.divisor,
+        **job}) + "\n")
     log = folder / "sim.log"
     env = {"BITSPIKE_LINK_JOB": str(folder), "OMP_NUM_THREADS": "1",
            "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")}
@@ -107,8 +127,5 @@ def run_link(program, images, *, lanes: int, count: int | None = None, malformed
         raise SimError(f"the host-link simulation ended without a report; see {log}")
     report = json.loads(path.read_text())
     report["build"] = {"directory": str(built.directory), "reused": built.reused}
-    failed = {k: v for k, v in report["checks"].items() if v != "ok"}
-    if report["error"] or report["mismatches"] or failed:
-        first = report["error"] or (report["mismatches"][:1] or [failed])[0]
-        raise SimError(f"the host-link bench failed: {first} (log: {log})")
+    report["log"] = str(log)
     return report

@@ -21,6 +21,9 @@ The scenario
     malformed frame kind and checks its error reply and a correct inference after it; lets the
     line corrupt one request (the host's retry must recover); and resets the board mid-frame.
     Sim time runs while the host thread waits, so the board's frame timeout is real.
+:class:`PtyBridge`
+    Or the simulated board on a pseudo-terminal, and a command (``bitspike board run --port
+    /dev/pts/N ...``) run against it: the CLI and pyserial end to end, no board needed.
 """
 
 from __future__ import annotations
@@ -275,6 +278,80 @@ def _scenario(link: BoardLink, transport: SimTransport, program, images, expecte
             checks.fail("reset mid-frame", checks.mismatches[-1])
 
 
+class PtyBridge:
+    """The simulated board on a pseudo-terminal: what a program writes to the pty's far end
+    goes onto the UART model's line, and what the board sends comes back out, so a real
+    serial client (pyserial, ``bitspike board run --port``) talks to the simulation."""
+
+    def __init__(self, uart: UartModel):
+        import pty
+        import tty
+
+        self._uart = uart
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._to_board, daemon=True),
+                         threading.Thread(target=self._to_host, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _to_board(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if ready:
+                try:
+                    data = os.read(self.master, 4096)
+                except OSError:
+                    return
+                if data:
+                    self._uart.to_board.put(("bytes", data))
+
+    def _to_host(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = bytearray([self._uart.from_board.get(timeout=0.05)])
+            except queue.Empty:
+                continue
+            while not self._uart.from_board.empty():
+                data.append(self._uart.from_board.get_nowait())
+            os.write(self.master, bytes(data))
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+async def _run_command(dut, uart: UartModel, job: dict, folder: Path) -> None:
+    """Serve the board on a pty and run ``job["command"]`` (``{port}`` replaced) against it."""
+    import subprocess
+
+    bridge = PtyBridge(uart)
+    command = [part.replace("{port}", bridge.port) for part in job["command"]]
+    outcome: dict = {}
+
+    def client():
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        outcome.update(returncode=done.returncode, stdout=done.stdout, stderr=done.stderr)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        await Timer(20 * job["bit_ns"], unit="ns")
+    uart.stop = True
+    bridge.close()
+    (folder / "report.json").write_text(json.dumps({
+        **outcome, "port": bridge.port, "command": command,
+        "simulated_cycles": get_sim_time("ns") // job["clock_ns"]}, indent=1) + "\n")
+
+
 @cocotb.test()
 async def host_link(dut):
     from bitspike.sim.reference import expected_results
@@ -286,7 +363,8 @@ async def host_link(dut):
     images = np.load(folder / "images.npy")
     import torch
 
-    expected = expected_results(program, torch.from_numpy(images), lanes=job["lanes"])
+    expected = [] if job.get("command") else expected_results(
+        program, torch.from_numpy(images), lanes=job["lanes"])
     uart = UartModel(dut, job["bit_ns"], job["clock_ns"])
     dut.rst.value = 1
     dut.rx.value = 1
@@ -295,6 +373,9 @@ async def host_link(dut):
     dut.rst.value = 0
     cocotb.start_soon(uart.drive())
     cocotb.start_soon(uart.monitor())
+    if job.get("command"):
+        await _run_command(dut, uart, job, folder)
+        return
 
     transport = SimTransport(uart)
     link = BoardLink(transport, timeout=job["host_timeout"], retries=2)

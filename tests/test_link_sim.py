@@ -47,3 +47,26 @@ def test_host_link_bench_fails_on_a_wrong_cycle_count(digits_program, digits):
     with pytest.raises(SimError, match=r"batch: image 0: expected logits .* cycles; got"):
         run_link(digits_program, digits.x_test[:4].numpy(), lanes=8, malformed=False,
                  fault=EngineFault.CYCLE_COUNT)
+
+
+def test_board_cli_runs_against_the_simulated_board_on_a_pty(digits_program, tmp_path):
+    """`bitspike board info` and `bitspike board run` through pyserial on a pseudo-terminal to
+    the simulated board: the CLI end to end, as a user would run it on a real board."""
+    import json
+    import sys
+
+    from bitspike.sim.link_runner import run_link_command
+    from bitspike.sw.images import write_bundle
+
+    bundle = tmp_path / "prog"
+    write_bundle(digits_program, bundle)
+    cli = f"{sys.executable} -m bitspike.sw.cli"
+    script = (f"{cli} board info --port {{port}} --json && "
+              f"{cli} board run --port {{port}} {bundle} --images 20 --json")
+    report = run_link_command(digits_program, ["sh", "-c", script], lanes=8)
+    assert report["returncode"] == 0, report["stderr"][-2000:]
+    info_line, run_line = report["stdout"].strip().splitlines()
+    info, run = json.loads(info_line), json.loads(run_line)
+    assert info["lanes"] == 8 and info["pixels"] == 64 and info["weights_ready"]
+    assert run["images"] == 20 and run["golden_identical"] == 20 and run["mismatches"] == []
+    assert 0 <= run["accuracy"] <= 1 and run["inferences_per_second"] > 0
