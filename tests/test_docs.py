@@ -144,3 +144,32 @@ def test_section_citation_pattern():
         "docs/conversion-math.md section 5; docs/conversion-math.md, sections 1-2; "
         "[docs/conversion-math.md](conversion-math.md) 2.3; results.md 100 rows")]
     assert len(cites) == 3
+
+
+def test_the_host_link_protocols_worked_example_decodes():
+    """docs/boards.md's example frames, decoded by the host code, say what the text says."""
+    from bitspike.boards import protocol as proto
+
+    text = (DOCS / "boards.md").read_text()
+    section = text[text.index("Worked example:"):text.index("### Running on a board")]
+    block = section[section.index("```") + 3:section.index("```", section.index("```") + 3)]
+    frames, label = {}, None
+    for line in block.strip().splitlines():
+        head, _, rest = line.partition(":")
+        if rest and not head.startswith(" "):
+            label, line = head.strip(), rest
+        frames[label] = frames.get(label, b"") + bytes.fromhex(line.strip())
+    request = frames["INFER request"]
+    assert request[:2] == bytes([proto.REQUEST_SYNC, proto.Command.INFER])
+    assert proto.crc16(request[1:]) == 0 and len(request) == 64 + proto.FRAME_OVERHEAD
+    assert frames["INFO request"] == proto.encode_request(proto.Command.INFO)
+    reply = proto.decode_reply(frames["INFER reply"])
+    result = proto.decode_infer(reply.payload, 10)
+    stated = re.search(r"decodes to the logits ([-\d,\s]+), the class (\d+) and (\d+) cycles",
+                       section)
+    logits = [int(v) for v in stated.group(1).replace("\n", " ").split(",")]
+    assert list(result.logits) == logits
+    assert (result.klass, result.cycles) == (int(stated.group(2)), int(stated.group(3)))
+    error = proto.decode_reply(frames["error reply"])
+    assert error.error() == (proto.LinkError.BAD_CRC, proto.Command.INFER)
+    assert "the error reply is BAD_CRC for an INFER" in section
