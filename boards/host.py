@@ -281,6 +281,8 @@ def _refusal(kind, command: int, payload: bytes, info: InfoReply | None) -> str:
                                    "protocol version?)",
         LinkError.LEVEL_OUT_OF_RANGE: "an input level exceeds the Program's largest"
         + (f" ({info.max_level})" if info else ""),
+        LinkError.NOT_READY: "the engine has no weights: the board's SPI flash holds no "
+                             "matching weight image (write it with bitspike build --program)",
     }
     return f"the board refused command 0x{command:02X}: {name}: {hints.get(kind, '')}".rstrip(
         ": ")

@@ -520,6 +520,11 @@ class Responder(wiring.Component):
                     with m.If(req.error != 0):
                         m.d.sync += [code.eq(proto.ERROR_CODE), length.eq(2)]
                         m.next = "Sync"
+                    with m.Elif((req.command == Command.INFER) & self.flash_error):
+                        # the engine would wait for weights that never come: say so instead
+                        m.d.sync += [code.eq(proto.ERROR_CODE), length.eq(2),
+                                     error.eq(LinkError.NOT_READY)]
+                        m.next = "Sync"
                     with m.Elif(req.command == Command.INFO):
                         m.d.sync += [code.eq(Command.INFO), length.eq(proto.INFO_LENGTH)]
                         m.next = "Sync"
@@ -560,7 +565,7 @@ class Responder(wiring.Component):
                     m.next = "LengthHi"
             with m.State("LengthHi"):
                 send(length[8:])
-                m.d.comb += advance.eq(0)  # the body starts at byte 0
+                m.d.comb += info_read.addr.eq(0)  # the body starts at byte 0, read now
                 with m.If(sent):
                     m.d.sync += [count.eq(0), part.eq(0), logits_left.eq(classes)]
                     with m.If(code == proto.ERROR_CODE):

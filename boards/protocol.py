@@ -83,6 +83,9 @@ class LinkError(IntEnum):
     TIMEOUT = 0x05
     #: A byte's stop bit was low (wrong baud rate, or noise on the line).
     FRAMING = 0x06
+    #: An INFER, but the engine has no weights: the iCEBreaker's SPI flash holds no matching
+    #: weight image (``bitspike build --program`` writes it).
+    NOT_READY = 0x07
 
 
 #: The INFO reply's payload, in order: (field, bytes). Little-endian integers but ``magic``.
