@@ -79,14 +79,15 @@ class LogicModel:
 #: in docs/boards.md ("The board budget"): ULX3S-85F at P = 2, 4, 8, 16 and iCEBreaker at
 #: P = 1, 2, 3, 4 (nextpnr's TRELLIS_COMB and ICESTORM_LC, yosys's flip-flops); the row-window
 #: coefficients from synthesising the list scanner alone at 288, 576 and 1,152 window bits;
-#: the rate mode's from the srp build on the ULX3S at P = 8 (scaled to the iCE40 by the ratio
-#: of the two families' per-lane coefficients: no rate build fits the iCEBreaker to measure).
+#: the rate mode's from the srp build with the host link on the ULX3S at P = 8, mapped by abc9
+#: (scaled to the iCE40 by the ratio of the two families' per-lane coefficients: no rate build
+#: fits the iCEBreaker to measure).
 LOGIC_MODEL = {
     Family.ECP5: LogicModel(lut_fixed=2910, lut_per_lane_bit=24.1, lut_per_window_bit=3.1,
-                            lut_per_rate_lane_bit=26.7, ff_fixed=897, ff_per_lane_bit=5.33,
+                            lut_per_rate_lane_bit=15.0, ff_fixed=897, ff_per_lane_bit=5.33,
                             ff_per_window_bit=1.02, ff_per_rate_lane_bit=1.2),
     Family.ICE40: LogicModel(lut_fixed=2977, lut_per_lane_bit=28.3, lut_per_window_bit=3.3,
-                             lut_per_rate_lane_bit=31.3, ff_fixed=1165, ff_per_lane_bit=6.49,
+                             lut_per_rate_lane_bit=17.6, ff_fixed=1165, ff_per_lane_bit=6.49,
                              ff_per_window_bit=1.02, ff_per_rate_lane_bit=1.5),
 }
 

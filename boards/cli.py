@@ -106,6 +106,8 @@ def _open_link(args):
 
     if args.timeout <= 0:
         raise BitspikeError(f"--timeout must be positive, not {args.timeout:g}")
+    if args.retries < 0:
+        raise BitspikeError(f"--retries must be non-negative, not {args.retries}")
     return BoardLink.open(args.port, baud=args.baud, timeout=args.timeout, retries=args.retries)
 
 
@@ -169,7 +171,8 @@ def add_board_command(sub, common) -> None:
         p.add_argument("--baud", type=int, default=None, metavar="RATE",
                        help=f"the bitstream's UART rate (default: {DEFAULT_BAUD})")
         p.add_argument("--timeout", type=float, default=2.0, metavar="S",
-                       help="seconds to wait for each reply (default: 2)")
+                       help="seconds to wait for each reply (default: 2); a silent board "
+                            "fails after (retries + 1) x this")
         p.add_argument("--retries", type=int, default=2, metavar="N",
                        help="times a request is sent again after a line error (default: 2)")
         common(p)

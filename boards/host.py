@@ -88,8 +88,12 @@ class SerialTransport(Transport):
         return self._port.read(size)
 
     def drain(self) -> None:
-        time.sleep(0.01)
+        # until the line has been quiet for 50 ms: longer than the FTDI latency timer (16 ms
+        # by default), so a late reply is not read as the answer to the next request
         self._port.reset_input_buffer()
+        self._port.timeout = 0.05
+        while self._port.read(4096):
+            pass
 
     def close(self) -> None:
         self._port.close()
@@ -130,7 +134,8 @@ class BoardLink:
     ----------
     transport : Transport
     timeout : float
-        Seconds to wait for each reply.
+        Seconds to wait for each reply. A board that never answers fails after
+        ``(retries + 1) * timeout`` seconds (a request lost on the line is sent again).
     retries : int
         Times a request is sent again after a line error.
     """
@@ -138,9 +143,9 @@ class BoardLink:
     def __init__(self, transport: Transport, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES):
         if not timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout}")
-        if retries < 0:
-            raise ValueError(f"retries must be non-negative, not {retries}")
+            raise HostLinkError(f"the reply timeout must be positive, not {timeout}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise HostLinkError(f"retries must be a non-negative integer, not {retries!r}")
         self.transport, self.timeout, self.retries = transport, timeout, retries
         self.stats = LinkStats()
         self._info: InfoReply | None = None
@@ -223,7 +228,10 @@ class BoardLink:
                 continue
             if reply.is_error:
                 kind, echoed = reply.error()
-                if kind in RETRYABLE:
+                if kind in RETRYABLE or (kind in (LinkError.BAD_LENGTH, LinkError.UNKNOWN_COMMAND)
+                                         and self._well_formed(command, payload)):
+                    # the request was right as sent: the line changed it (a long declared
+                    # length ends in the board's timeout before its CRC can say so)
                     last = f"the board reported {getattr(kind, 'name', kind)}"
                     continue
                 raise BoardRefused(kind, echoed, _refusal(kind, echoed, payload, self._info))
@@ -232,6 +240,15 @@ class BoardLink:
                                     f"request 0x{command:02X}")
             return reply
         raise HostLinkError(f"no good reply after {self.retries + 1} attempts: {last}")
+
+    def _well_formed(self, command: int, payload: bytes) -> bool:
+        """Whether this host built the request right (so a length or command error is the
+        line's doing)."""
+        if command == Command.INFO:
+            return not payload
+        if command == Command.INFER:
+            return self._info is not None and len(payload) == self._info.pixels
+        return False
 
     # ----------------------------------------------------------------- commands
     def info(self) -> InfoReply:

@@ -11,9 +11,9 @@ Components, each with its own tests (tests/test_link_rtl.py), joined in :class:`
   as a request (command and :class:`~bitspike.boards.protocol.LinkError`, 0 for none) and waits
   until it has been answered.
 - :class:`Responder`: answers a request: an error reply, the INFO reply, or an inference
-  (feeds the engine from the buffer, then sends the logits as the engine streams them, the class
-  and the cycle count). It back-pressures the engine's output streams, so no logit buffer is
-  needed.
+  (feeds the engine from the buffer, takes the logits into a logit buffer as fast as the engine
+  sends them, so that the engine is never stalled and its cycle count is the cycle model's, then
+  sends the logits, the class and the cycle count at the UART's pace).
 - The input buffer: one block RAM of ``pixels`` levels between the two. The engine is started
   only after the whole frame is in and checked: a bad frame never reaches it.
 
@@ -320,7 +320,7 @@ class FrameReceiver(wiring.Component):
         # no request carries more than the input's levels: counters of that size (a longer
         # declared length is an error at once, and the frame is skipped until the line idles)
         left = Signal(range(self._pixels + 3))  # bytes of the frame still to come (and CRC)
-        index = Signal(range(self._pixels + 1))  # the payload byte that comes next
+        index = Signal(range(self._pixels + 3))  # the frame byte after the header that comes next
         skip = Signal()
         store = Signal()  # a well-formed INFER header: write the payload into the buffer
         error = Signal(3)
@@ -336,7 +336,7 @@ class FrameReceiver(wiring.Component):
             with m.State("Hunt"):
                 with m.If(got & ~framing & (byte == proto.REQUEST_SYNC)):
                     m.d.sync += [crc.eq(proto.CRC_INIT), error.eq(0), level_high.eq(0),
-                                 index.eq(0), store.eq(0), timer.eq(0)]
+                                 index.eq(0), store.eq(0), timer.eq(0), command.eq(0)]
                     m.next = "Command"
             for state in ("Command", "LengthLo", "LengthHi", "Body"):
                 with m.State(state):
@@ -384,8 +384,10 @@ class FrameReceiver(wiring.Component):
                             with m.If((left == 1) & ~skip):
                                 m.next = "Check"
             with m.State("Check"):  # the CRC register now holds all the frame's bytes
-                m.d.sync += result.eq(Mux(error != 0, error,
-                                          Mux(crc != 0, LinkError.BAD_CRC,
+                # a bad CRC first: a line error in the header would otherwise look like a wrong
+                # length or an unknown command, which the host does not send again
+                m.d.sync += result.eq(Mux(crc != 0, LinkError.BAD_CRC,
+                                          Mux(error != 0, error,
                                               Mux(level_high, LinkError.LEVEL_OUT_OF_RANGE, 0))))
                 m.next = "Report"
             with m.State("Report"):
@@ -414,7 +416,8 @@ class Responder(wiring.Component):
     o_pixels : Out(stream.Signature(unsigned(input_bits)))
         The checked levels, to the engine's ``i_stream``.
     i_logits, i_result : In(stream) from the engine's ``o_logits``, ``o_result``
-        Taken as fast as the transmitter sends them.
+        The logits are taken as the engine sends them (into the logit buffer); the result is
+        taken after its last byte has been sent (the engine holds it, its counter stopped).
     o_byte : Out(stream.Signature(8))
         The reply, to the transmitter.
     weights_ready, flash_error : In(1)

@@ -4,7 +4,7 @@ The board's UART host link (:mod:`bitspike.boards.link`, in RTL) and the host
 (:mod:`bitspike.boards.host`, on pyserial) both build on this module: the RTL derives its CRC
 network from :func:`crc16_byte`, its reply layouts from :data:`INFO_FIELDS` and the
 ``*_reply_length`` functions, and its command and error codes from the enums here. It imports
-neither torch nor Amaranth. docs/boards.md "The host link protocol" is the byte-by-byte
+neither torch nor Amaranth. docs/boards.md, "The host link" > "The protocol", is the byte-by-byte
 description; a test decodes its worked example with :func:`decode_reply`.
 
 A frame, either way::
@@ -28,6 +28,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+
+from ..sw.errors import BitspikeError
 
 __all__ = ["CRC_INIT", "CRC_POLY", "Command", "ERROR_CODE", "INFO_FIELDS", "INFO_LENGTH",
            "INFO_MAGIC", "InfoReply", "InferReply", "LOGIT_BYTES", "LinkError",
@@ -67,8 +69,10 @@ class Command(IntEnum):
 class LinkError(IntEnum):
     """The first byte of an error reply's payload: what was wrong with the request.
 
-    When several things are wrong, the first one found wins, in frame order: a UART framing
-    error or a header error (command, length) before the CRC, the CRC before the levels.
+    When several things are wrong: a bad CRC first (a corrupted header would otherwise look like
+    a wrong length or command), then the first of a framing error or a header error (command,
+    length) in frame order, then the levels. A frame that declares more bytes than the input has
+    is skipped until the timeout and answered with its header error.
     """
 
     #: The frame's CRC does not match: a byte was corrupted on the line.
@@ -101,8 +105,8 @@ INFO_LENGTH = sum(n for _, n in INFO_FIELDS)
 FLAG_WEIGHTS_READY, FLAG_FLASH_ERROR, FLAG_RATE = 0x01, 0x02, 0x04
 
 
-class ProtocolError(ValueError):
-    """Bytes that are not a well-formed frame (the host's decoder raises it)."""
+class ProtocolError(BitspikeError):
+    """Bytes that are not a well-formed frame or payload (the host's decoder raises it)."""
 
 
 # --------------------------------------------------------------------------------------- CRC

@@ -747,8 +747,8 @@ def test_trained_digits_cnn_bitstream_for_the_ulx3s(trained_bundles, tmp_path, c
 @pytest.mark.synth
 def test_rate_coded_srp_bitstream_for_the_ulx3s(trained_bundles, tmp_path, capsys):
     """The rate-coded (srp) Program builds for the ULX3S too, at 40 MHz: its critical path is
-    the integrate-and-fire step (docs/boards.md), and Yosys 0.70's abc9 asserts on it, so the
-    build falls back to the classic ABC mapping."""
+    the integrate-and-fire step (docs/boards.md). Yosys 0.70's abc9 has asserted on this
+    engine (the self-test build); the build then falls back to the classic ABC mapping."""
     assert json.loads((trained_bundles / "srp" / "manifest.json").read_text())["program"][
         "mode"] == "rate"
     report = _build_and_show(capsys, trained_bundles / "srp", "ulx3s-85f", tmp_path / "srp",

@@ -161,6 +161,10 @@ def test_the_host_link_protocols_worked_example_decodes():
         frames[label] = frames.get(label, b"") + bytes.fromhex(line.strip())
     request = frames["INFER request"]
     assert request[:2] == bytes([proto.REQUEST_SYNC, proto.Command.INFER])
+    from bitspike.sw.data import load_dataset
+
+    first = load_dataset("digits").x_test[0].reshape(-1).tolist()
+    assert list(request[4:-2]) == first  # the first digits test image, as the text says
     assert proto.crc16(request[1:]) == 0 and len(request) == 64 + proto.FRAME_OVERHEAD
     assert frames["INFO request"] == proto.encode_request(proto.Command.INFO)
     reply = proto.decode_reply(frames["INFER reply"])

@@ -113,6 +113,17 @@ def test_host_retries_line_errors_and_skips_noise():
     assert board.requests[1] == proto.encode_request(Command.INFER, bytes(8))
 
 
+def test_host_retries_a_length_error_for_a_request_it_built_right():
+    """A corrupted length ending in the board's timeout comes back as BAD_LENGTH: the host's
+    request had the right length, so it is sent again."""
+    program = dense_chain(3, 3, 0, 5)
+    bad_length = proto.encode_reply(proto.ERROR_CODE,
+                                    proto.error_payload(LinkError.BAD_LENGTH, 2))
+    board = ScriptedBoard([_info_reply(program), bad_length, _infer_reply([4, 0, 0], 0, 77)])
+    link = BoardLink(board, timeout=0.5)
+    assert link.infer(np.zeros(8, dtype=int)).cycles == 77 and link.stats.retries == 1
+
+
 def test_host_raises_a_refusal_at_once():
     program = dense_chain(3, 3, 0, 5)
     refusal = proto.encode_reply(proto.ERROR_CODE,
@@ -162,6 +173,13 @@ def test_board_cli_fails_at_once_on_a_missing_port(action, tmp_path, capsys):
     assert rc == 1 and out == ""
     assert "serial port /dev/nonexistent does not exist: plug the board in" in err
     assert time.perf_counter() - start < 2
+
+
+def test_board_cli_refuses_bad_link_options(capsys):
+    rc, _, err = run_cli(capsys, "board", "info", "--port", "loop://", "--retries", "-1")
+    assert rc == 1 and "--retries must be non-negative, not -1" in err
+    rc, _, err = run_cli(capsys, "board", "info", "--port", "loop://", "--timeout", "0")
+    assert rc == 1 and "--timeout must be positive" in err
 
 
 def test_board_cli_names_a_board_that_does_not_answer(capsys):

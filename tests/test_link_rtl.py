@@ -183,10 +183,10 @@ def test_uart_rx_flags_a_low_stop_bit_and_recovers_after_a_break():
 PIXELS, MAX_LEVEL, TIMEOUT = 5, 9, 60
 
 
-def _receive(frames) -> tuple[list, list]:
+def _receive(frames, pixels=PIXELS) -> tuple[list, list]:
     """Feed byte sequences (``("gap", n)`` waits ``n`` cycles; ``("bad", byte)`` is a byte with
     a framing error) and answer each request at once; the requests and the buffer writes."""
-    dut = FrameReceiver(pixels=PIXELS, max_level=MAX_LEVEL, input_bits=4, timeout_cycles=TIMEOUT)
+    dut = FrameReceiver(pixels=pixels, max_level=MAX_LEVEL, input_bits=4, timeout_cycles=TIMEOUT)
     requests, writes = [], []
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -230,6 +230,36 @@ def test_frame_receiver_good_frames_and_payload():
     requests, writes = _receive(frames)
     assert requests == [(Command.INFO, 0), (Command.INFER, 0)]
     assert writes == list(enumerate(levels))
+
+
+@pytest.mark.parametrize("pixels", [1, 7, 8, 15])
+def test_frame_receiver_writes_exactly_the_payload_for_any_size(pixels):
+    """Sizes of 2^k - 1 make the byte counter exactly k bits wide: the CRC bytes after the
+    payload must not wrap it back onto the buffer's first entry."""
+    levels = bytes((3 * i + 1) % (MAX_LEVEL + 1) for i in range(pixels))
+    frame = proto.encode_request(Command.INFER, levels)
+    requests, writes = _receive([*frame, *frame], pixels=pixels)
+    assert requests == [(Command.INFER, 0)] * 2
+    assert writes == list(enumerate(levels)) * 2
+
+
+def test_frame_receiver_timeout_after_the_sync_byte_names_no_command():
+    info = proto.encode_request(Command.INFO)
+    requests, _ = _receive([*info, proto.REQUEST_SYNC, ("gap", TIMEOUT + 5)])
+    assert requests == [(Command.INFO, 0), (0, LinkError.TIMEOUT)]
+
+
+def test_frame_receiver_reports_a_corrupted_header_as_a_bad_crc():
+    """A bit flipped in the length or the command is the line's doing: BAD_CRC (which the host
+    retries), not BAD_LENGTH or UNKNOWN_COMMAND."""
+    good = proto.encode_request(Command.INFER, bytes([1, 2, 3, 4, 5]))
+    short = bytearray(good)
+    short[2] = 4  # the length 5 became 4: the frame still ends (one CRC byte is payload)
+    command = bytearray(good)
+    command[1] = 0x0A
+    requests, _ = _receive([*short, ("gap", TIMEOUT + 5), *command, *good])
+    assert requests == [(Command.INFER, LinkError.BAD_CRC), (0x0A, LinkError.BAD_CRC),
+                        (Command.INFER, 0)]
 
 
 @pytest.mark.parametrize("kind", [k for k in LinkError if k is not LinkError.NOT_READY])
