@@ -11,6 +11,11 @@ vgg-small untrained with a fixed seed), all bit-serial with L = 15:
 * the float ANN's throughput on the same batch: ``model(x)`` in float32 eval mode under
   ``torch.inference_mode()`` on the already-normalized input, and the cost of exactness, i.e.
   golden time / float time, from the same run;
+* the speed ratios the golden model is held to, measured in one run on the whole digits test
+  split (batch 360) with one torch thread and the three callables timed in interleaved rounds:
+  the float ANN, the bit-serial golden model and the rate-coded one (qcfs, T = 8) of the same
+  trained digits-cnn, without a trace; targets: bit-serial at most 3x, rate at most 7x slower
+  than the float ANN;
 * conversion time (``convert_model``: extract + fold + quantize) and bundle write/read time
   (``write_bundle`` / ``read_bundle``, which verifies hashes, hex == bin and the layer table);
   the read-back Program is checked to give the same golden logits as the converted one.
@@ -42,6 +47,7 @@ from bitspike.sw.data import Normalization, load_dataset
 from bitspike.sw.golden import run_program
 from bitspike.sw.images import read_bundle, write_bundle
 from bitspike.sw.models import ARCHS, build_model
+from bitspike.sw.rate import convert_rate
 from bitspike.sw.train import TrainConfig, train
 
 LEVELS = 15
@@ -50,6 +56,10 @@ DIGITS_ARCHS = ("digits-cnn", "digits-mlp")
 DIGITS_BATCHES = (1, 32, 360)  # 360 = the whole digits test split
 VGG_BATCHES = (1, 16)
 VGG_NORM = Normalization(255, (0.0, 0.0, 0.0), (0.25, 0.25, 0.25))
+#: The rate-coded Program of the ratio measurement: qcfs with T = 8 steps.
+RATE_METHOD, RATE_STEPS = "qcfs", 8
+#: At most this many times slower than the float ANN (batch 360, one thread).
+TARGETS = {"bitserial": 3.0, "rate": 7.0}
 
 
 @dataclass(frozen=True)
@@ -268,6 +278,63 @@ def bench_throughput(subject: Subject, program, settings: Settings) -> list[dict
     return rows
 
 
+def bench_ratios(subject: Subject, program, settings: Settings) -> dict:
+    """The golden models against the float ANN: the whole digits test split in one batch, one
+    torch thread, interleaved rounds (each round times the float ANN, the bit-serial and the
+    rate-coded golden model once), medians over the rounds."""
+    rate_program, _ = convert_rate(subject.model, method=RATE_METHOD, steps=RATE_STEPS,
+                                   input_shape=ARCHS[subject.arch].input_shape,
+                                   normalization=subject.normalization,
+                                   meta={"arch": subject.arch, "levels": LEVELS})
+    levels = subject.inputs.contiguous()
+    x = subject.normalization.apply(levels)
+
+    def run_float():
+        with torch.inference_mode():
+            return subject.model(x)
+
+    calls = {"float": run_float,
+             "bitserial": lambda: run_program(program, levels),
+             "rate": lambda: run_program(rate_program, levels)}
+    # the fast paths are checked against the traced ones (which run every step) here too
+    for prog in (program, rate_program):
+        if not torch.equal(run_program(prog, levels).logits,
+                           run_program(prog, levels, trace=True).logits):
+            raise AssertionError(f"{prog.mode}: the trace-free golden model differs")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for fn in calls.values():
+            fn()  # warm-up
+        samples = {name: [] for name in calls}
+        rounds = max(3, settings.repeats)
+        for _ in range(rounds):
+            for name, fn in calls.items():
+                start, n = time.perf_counter(), 0
+                while True:
+                    fn()
+                    n += 1
+                    elapsed = time.perf_counter() - start
+                    if elapsed >= settings.min_sample_s:
+                        break
+                samples[name].append(elapsed / n)
+    finally:
+        torch.set_num_threads(previous)
+    median = {name: statistics.median(v) for name, v in samples.items()}
+    batch = len(levels)
+    return {
+        "arch": subject.arch, "batch": batch, "threads": 1, "rounds": rounds,
+        "rate_method": RATE_METHOD, "rate_steps": RATE_STEPS, "targets": dict(TARGETS),
+        "float_images_per_second": batch / median["float"],
+        "bitserial_images_per_second": batch / median["bitserial"],
+        "rate_images_per_second": batch / median["rate"],
+        "bitserial_slowdown": median["bitserial"] / median["float"],
+        "rate_slowdown": median["rate"] / median["float"],
+        "seconds": {name: {"median": median[name], "min": min(v), "max": max(v)}
+                    for name, v in samples.items()},
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # report
 
@@ -309,6 +376,21 @@ def format_report(result: dict) -> str:
                    f"{_rate(r['golden_img_s']):>9} {_rate(r['golden_trace_img_s']):>12} "
                    f"{r['golden_ms_per_batch']:>9.2f} {r['cost_golden_vs_float']:>6.1f}x "
                    f"{r['cost_trace_vs_float']:>9.1f}x {_spread(r['golden']):>7}")
+    q = result["ratios"]
+    verdict = {k: "meets" if q[f"{k}_slowdown"] <= q["targets"][k] else "MISSES"
+               for k in ("bitserial", "rate")}
+    out += [
+        "",
+        f"Golden model vs float ANN ({q['arch']}, batch {q['batch']} = the digits test split, "
+        f"{q['threads']} torch thread, {q['rounds']} interleaved rounds, medians; no trace):",
+        f"  float ANN             {_rate(q['float_images_per_second']):>9} images/s",
+        f"  bit-serial golden     {_rate(q['bitserial_images_per_second']):>9} images/s  "
+        f"{q['bitserial_slowdown']:5.2f}x slower ({verdict['bitserial']} the "
+        f"{q['targets']['bitserial']:g}x target)",
+        f"  rate golden ({q['rate_method']}, T = {q['rate_steps']}) "
+        f"{_rate(q['rate_images_per_second']):>7} images/s  {q['rate_slowdown']:5.2f}x slower "
+        f"({verdict['rate']} the {q['targets']['rate']:g}x target)",
+    ]
     out += [
         "",
         "Conversion and bundle I/O, ms (median); read = read_bundle with full verification",
@@ -340,15 +422,20 @@ def run(settings: Settings, *, quick: bool, threads: int) -> dict:
     data = load_dataset("digits")
     subjects = [digits_subject(a, data, settings.train_epochs) for a in DIGITS_ARCHS]
     subjects.append(vgg_subject())
-    conversion, throughput, models = [], [], {}
+    conversion, throughput, models, ratios = [], [], {}, None
     with tempfile.TemporaryDirectory(prefix="bitspike-bench-") as tmp:
         for subject in subjects:
             conv, program = bench_conversion(subject, settings, Path(tmp))
             conversion.append(conv)
             throughput += bench_throughput(subject, program, settings)
+            if subject.arch == "digits-cnn":
+                ratios = bench_ratios(subject, program, settings)
             models[subject.arch] = {"provenance": subject.provenance, **subject.info,
                                     "summary": ARCHS[subject.arch].summary}
-    return {"quick": quick, "threads": threads, "machine": machine, "settings": asdict(settings),
+    keys = ("float_images_per_second", "bitserial_images_per_second", "rate_images_per_second",
+            "bitserial_slowdown", "rate_slowdown")
+    return {**{k: ratios[k] for k in keys}, "ratios": ratios,
+            "quick": quick, "threads": threads, "machine": machine, "settings": asdict(settings),
             "levels": LEVELS, "models": models, "throughput": throughput,
             "conversion": conversion, "total_seconds": time.perf_counter() - start,
             "other_cpus_before": busy_before, "other_cpus_during": monitor.other_cpus()}
@@ -359,7 +446,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer, shorter samples (CI smoke run)")
-    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the figures here")
+    parser.add_argument("--json", metavar="PATH", nargs="?", const="-", default=None,
+                        help="print every figure as one JSON object on stdout (the table goes "
+                             "to stderr), or with PATH write it there")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args(argv)
     previous = torch.get_num_threads()
@@ -369,10 +458,15 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         torch.set_num_threads(previous)  # leave an in-process caller (tests) as it was
     result["table"] = format_report(result)
+    if args.json == "-":
+        print(result["table"], file=sys.stderr, flush=True)
+        print(json.dumps(result), flush=True)
+        return result
     print(result["table"], flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -49,6 +49,11 @@ class GoldenResult:
 
 def bit_planes(levels: torch.Tensor, steps: int) -> torch.Tensor:
     """``(N, *shape)`` levels -> ``(N, steps, *shape)`` bits, most significant first."""
+    if steps <= 8 and levels.numel() and int(levels.min()) >= 0 and int(levels.max()) < 256:
+        # the common case (activation levels of at most 8 bits), on bytes: 8x less memory
+        # traffic than int64 shifts, the same bits
+        small = levels.to(torch.uint8)
+        return torch.stack([(small >> (steps - 1 - t)) & 1 for t in range(steps)], dim=1)
     shifts = torch.arange(steps - 1, -1, -1, dtype=torch.int64)
     view = [1, steps] + [1] * (levels.dim() - 1)
     return ((levels.unsqueeze(1) >> shifts.view(view)) & 1).to(torch.uint8)
@@ -98,6 +103,49 @@ def _synaptic_sum(layer: Layer, plane: torch.Tensor, weights: torch.Tensor | Non
         n, c, h, w = x.shape
         y = x.view(n, c, h // 2, 2, w // 2, 2).sum(dim=(3, 5))
     return y.round().to(torch.int64) if integer else y
+
+
+#: Integers of at most this magnitude are exact in float32 (a 24-bit significand).
+FLOAT32_EXACT = 1 << 24
+
+
+def _float_for(bound: float) -> torch.dtype:
+    """float32 when every integer met is below 2^24 in magnitude (exact whatever order sums
+    run in), else float64 (exact below 2^53, far above any accumulator the Program's width
+    check admits)."""
+    return torch.float32 if bound < FLOAT32_EXACT else torch.float64
+
+
+def _exact_sum(layer: Layer, x: torch.Tensor, in_max: int, *,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The layer's synaptic sum of integer inputs ``x`` (levels, or per-step spike counts),
+    exact, in one convolution or matrix product: int64, or with ``dtype`` that float type
+    (integral values).
+
+    Every partial sum is an integer of magnitude at most ``sum|w| * in_max``, so the float type
+    of :func:`_float_for` is exact. A sample of the result is checked integral: a witness that
+    no inexact algorithm (a Winograd transform) ran.
+    """
+    if layer.kind == "sumpool2x2":  # sums of four integers: exact in any type that holds them
+        ft = dtype or _float_for(4 * in_max)
+        xf = x.to(ft)
+        pooled = (xf[..., 0::2, 0::2] + xf[..., 1::2, 0::2]) + (xf[..., 0::2, 1::2]
+                                                                + xf[..., 1::2, 1::2])
+        return pooled if dtype is not None else pooled.to(torch.int64)
+    weights = np.asarray(layer.weights)
+    bound = float(np.abs(weights.reshape(weights.shape[0], -1)).sum(axis=1).max()) * in_max
+    ft = dtype if dtype is not None and bound < FLOAT32_EXACT else _float_for(bound)
+    w = torch.from_numpy(weights.astype(np.float32 if ft is torch.float32 else np.float64))
+    xf = x.to(ft)
+    # contiguous: the library may hand back another memory format (channels last)
+    y = (F.conv2d(xf, w, padding=1) if layer.kind == "conv3x3" else xf.flatten(1) @ w.T
+         ).contiguous()
+    sample = y[:4]
+    if sample.numel() and float((sample - sample.round()).abs().max()) > 0.25:
+        raise BitspikeError(f"layer {layer.name}: the {ft} synaptic sum is not integral: the "
+                            "convolution library is not exact on integers here")  # pragma: no cover
+    # with ``dtype``: that float type, or float64 where the bound needs it (never narrowed)
+    return y if dtype is not None else y.to(torch.int64)
 
 
 def _channel_view(v: np.ndarray, out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -237,6 +285,8 @@ def run_rate(program: Program, inputs: torch.Tensor, *, trace: bool = False) -> 
     x = check_input(program, inputs)
     S, tau = program.rate_steps, program.tau
     integer = program.layers[0].weights.dtype.kind != "f"
+    if integer and not trace:
+        return _run_rate_fast(program, x)
     levels, spikes, accs, srp_masks, residuals = [], [], [], [], []
     steps_in = None  # (N, S, *shape) per-step inputs of the current layer
     for index, layer in enumerate(program.layers):
@@ -291,7 +341,8 @@ def run_rate(program: Program, inputs: torch.Tensor, *, trace: bool = False) -> 
     return result
 
 
-def integrate_and_fire(adds: torch.Tensor, *, bias, threshold, v_init, tau: int = 0):
+def integrate_and_fire(adds: torch.Tensor, *, bias, threshold, v_init, tau: int = 0,
+                       keep_potentials: bool = True):
     """IF neurons with reset by subtraction over ``S`` steps of synaptic input.
 
     ``adds``: ``(N, S, ...)`` synaptic sums per step; ``bias``, ``threshold``, ``v_init``
@@ -300,7 +351,8 @@ def integrate_and_fire(adds: torch.Tensor, *, bias, threshold, v_init, tau: int 
     masked (no spikes from then on) and every ``v`` restarts at ``v_init``.
 
     Returns ``(spikes uint8 (N, S, ...), potentials before firing (N, S, ...), keep mask,
-    residual v(tau))``; the last two are ``None`` without ``tau``.
+    residual v(tau))``; the last two are ``None`` without ``tau``, the potentials ``None``
+    without ``keep_potentials``.
     """
     v = v_init + torch.zeros_like(adds[:, 0])
     keep = residual = None
@@ -311,12 +363,13 @@ def integrate_and_fire(adds: torch.Tensor, *, bias, threshold, v_init, tau: int 
             keep = v >= 0
             v = v_init + torch.zeros_like(v)
         v = v + adds[:, t] + bias
-        potentials.append(v)
+        if keep_potentials:
+            potentials.append(v)
         s = v >= threshold
         v = v - s.to(v.dtype) * threshold
         outs.append(s & keep if keep is not None else s)
-    return (torch.stack(outs, dim=1).to(torch.uint8), torch.stack(potentials, dim=1), keep,
-            residual)
+    return (torch.stack(outs, dim=1).to(torch.uint8),
+            torch.stack(potentials, dim=1) if keep_potentials else None, keep, residual)
 
 
 @torch.no_grad()
@@ -332,6 +385,8 @@ def run_program(program: Program, inputs: torch.Tensor, *, trace: bool = False,
             raise BitspikeError("the ablation switches apply to the bit-serial scheme only")
         return run_rate(program, inputs, trace=trace)
     x = check_input(program, inputs)
+    if not trace and ablation.exact:
+        return _run_bitserial_fast(program, x)
     levels, spikes, accs = [], [], []
     cur = x
     for layer in program.layers:
@@ -343,3 +398,120 @@ def run_program(program: Program, inputs: torch.Tensor, *, trace: bool = False,
     logits = levels[-1]
     return GoldenResult(logits, argmax_lowest(logits), levels, spikes,
                         bit_planes(x, program.input.t), accs)
+
+
+def _planes_u8(levels: torch.Tensor, steps: int) -> torch.Tensor:
+    """:func:`bit_planes` of levels known to lie in ``0..255`` (bytes)."""
+    small = levels.to(torch.uint8)
+    return torch.stack([(small >> (steps - 1 - t)) & 1 for t in range(steps)], dim=1)
+
+
+def _floor_div(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``floor(u / d)`` of integral floats, exactly: the float quotient is within one of it
+    (every value is an integer the float type holds exactly), and one step corrects it."""
+    q = torch.floor(u / d)
+    return q - (q * d > u).to(u.dtype) + ((q + 1) * d <= u).to(u.dtype)
+
+
+def _run_bitserial_fast(program: Program, x: torch.Tensor) -> GoldenResult:
+    """The bit-serial model without a trace: the same integers as :func:`run_layer`, computed
+    directly. Horner over the input bit planes, ``acc = sum_t 2^(T-1-t) W x_t``, is the one
+    synaptic sum of the integer levels ``W x`` (the sum is linear); successive approximation
+    gives the bits of ``clip(floor(u0 / D), 0, L)`` (docs/conversion-math.md), so the levels
+    are that and the spikes their bit planes. Each layer runs in float32 where its bound
+    (:meth:`Layer.acc_magnitude`) proves every value exact, else float64.
+    tests/test_golden_fast.py holds it equal to the traced path, which runs the steps."""
+    levels, spikes = [], []
+    cur = x
+    for layer, in_max in zip(program.layers, program.input_maxima(), strict=True):
+        ft = _float_for(layer.acc_magnitude(in_max))
+        acc = _exact_sum(layer, cur, in_max, dtype=ft)
+        if layer.kind == "sumpool2x2":
+            level = acc.clamp(0, layer.levels)
+        else:
+            u0 = acc + _channel_view(layer.bias, layer.out_shape).to(ft)
+            if not layer.fires:
+                logits = u0.to(torch.int64)
+                levels.append(logits)
+                spikes.append(None)
+                cur = logits
+                continue
+            threshold = _channel_view(layer.threshold, layer.out_shape).to(ft)
+            level = _floor_div(u0, threshold).clamp(0, layer.levels)
+        cur = level  # integral floats: the next layer's input
+        levels.append(level.to(torch.int64))
+        spikes.append(_planes_u8(level, layer.t_out) if layer.levels < 256
+                      else bit_planes(levels[-1], layer.t_out))
+    logits = levels[-1]
+    return GoldenResult(logits, argmax_lowest(logits), levels, spikes,
+                        bit_planes(x, program.input.t))
+
+
+def _run_rate_fast(program: Program, x: torch.Tensor) -> GoldenResult:
+    """The rate-coded model of an integer Program without a trace: the same integers as
+    :func:`run_rate`, with each layer's synaptic sums of all ``S`` steps in one exact
+    convolution (the steps folded into the batch, time-major so that each step is one
+    contiguous block, :func:`_exact_sum`), the bias added once for all steps, the potentials
+    not kept, and everything in float32 where the Program's bound on every potential
+    (:meth:`Layer.acc_magnitude`) proves it exact (else float64). tests/test_golden_fast.py
+    holds it equal to the traced path."""
+    S, tau = program.rate_steps, program.tau
+    maxima = program.input_maxima()
+    bound = max(lay.acc_magnitude(m, rate_steps=S)
+                for lay, m in zip(program.layers, maxima, strict=True))
+    ft = _float_for(bound)
+    levels, spikes, srp_masks, residuals = [], [], [], []
+    steps_in = None  # (S, N, *shape): the layer's input at every step, as floats
+
+    def batch_major(t):  # (S, N, ...) -> (N, S, ...), the result's layout
+        return t.transpose(0, 1)
+
+    for index, (layer, in_max) in enumerate(zip(program.layers, maxima, strict=True)):
+        if layer.kind == "sumpool2x2":
+            n = steps_in.shape[1]
+            pooled = _exact_sum(layer, steps_in.flatten(0, 1), in_max, dtype=ft)
+            steps_in = pooled.view(S, n, *pooled.shape[1:])
+            levels.append(steps_in[tau:].sum(dim=0).to(torch.int64))
+            spikes.append(batch_major(steps_in.to(torch.int64)).contiguous())
+            srp_masks.append(None)
+            residuals.append(None)
+            continue
+        bias = _channel_view(layer.bias, layer.out_shape).to(ft)
+        if index == 0:  # the analog input current: Horner over the bit planes is W x
+            current = _exact_sum(layer, x, in_max, dtype=ft) + bias
+            adds = current.unsqueeze(0).expand(S, *current.shape)
+        else:
+            n = steps_in.shape[1]
+            flat = _exact_sum(layer, steps_in.flatten(0, 1), in_max, dtype=ft)
+            adds = flat.view(S, n, *flat.shape[1:]) + bias
+        if not layer.fires:
+            levels.append(adds[tau:].sum(dim=0).to(torch.int64))
+            spikes.append(None)
+            srp_masks.append(None)
+            residuals.append(None)
+            continue
+        threshold = _channel_view(layer.threshold, layer.out_shape).to(ft)
+        v_init = _channel_view(layer.v_init, layer.out_shape).to(ft)
+        v = v_init.expand_as(adds[0]).clone()
+        keep = residual = None
+        out = torch.empty((S, *adds.shape[1:]), dtype=torch.bool)
+        for t in range(S):
+            if tau and t == tau:  # SRP: mask the neurons below zero, restart every potential
+                residual = v.to(torch.int64)
+                keep = v >= 0
+                v = v_init.expand_as(v).clone()
+            v += adds[t]
+            fired = torch.ge(v, threshold, out=out[t])
+            v -= fired * threshold
+            if keep is not None:
+                fired &= keep
+        steps_in = out.to(ft)  # the next layer's input
+        levels.append(steps_in[tau:].sum(dim=0).to(torch.int64))
+        spikes.append(batch_major(out.to(torch.uint8)).contiguous())
+        srp_masks.append(keep)
+        residuals.append(residual)
+    logits = levels[-1]
+    result = GoldenResult(logits, argmax_lowest(logits), levels, spikes,
+                          bit_planes(x, program.input.t), [])
+    result.srp_masks, result.residuals = srp_masks, residuals
+    return result

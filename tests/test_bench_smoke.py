@@ -60,6 +60,15 @@ def test_quick_benchmark_reports_positive_figures(tmp_path, capsys, monkeypatch)
         assert c["roundtrip_identical"] is True
         assert c["bundle_bytes"] > 0
 
+    for key in ("float_images_per_second", "bitserial_images_per_second",
+                "rate_images_per_second", "bitserial_slowdown", "rate_slowdown"):
+        assert _positive(result[key]), key
+    ratios = result["ratios"]
+    assert (ratios["batch"], ratios["threads"], ratios["rate_steps"]) == (360, 1, 8)
+    assert ratios["bitserial_slowdown"] == pytest.approx(
+        ratios["float_images_per_second"] / ratios["bitserial_images_per_second"])
+    assert "Golden model vs float ANN" in printed and "target" in printed
+
     assert result["models"]["digits-cnn"]["trained"] is True
     assert result["models"]["vgg-small"]["trained"] is False
 
@@ -73,3 +82,16 @@ def test_quick_benchmark_reports_positive_figures(tmp_path, capsys, monkeypatch)
         for b in batches:
             figures = [float(v.replace(",", "")) for v in table[b][2:5]]
             assert all(v > 0 for v in figures), (arch, b, table[b])
+
+
+@pytest.mark.slow
+def test_json_flag_prints_one_object(capsys, monkeypatch):
+    """``--json`` alone: one JSON object on stdout with the three speeds, the table on stderr."""
+    bench = _load_bench(monkeypatch)
+    bench.main(["--quick", "--json"])
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    for key in ("float_images_per_second", "bitserial_images_per_second",
+                "rate_images_per_second"):
+        assert _positive(result[key]), key
+    assert "Golden model vs float ANN" in err
