@@ -463,8 +463,9 @@ def _run_rate_fast(program: Program, x: torch.Tensor) -> GoldenResult:
     levels, spikes, srp_masks, residuals = [], [], [], []
     steps_in = None  # (S, N, *shape): the layer's input at every step, as floats
 
-    def batch_major(t):  # (S, N, ...) -> (N, S, ...), the result's layout
-        return t.transpose(0, 1)
+    def batch_major(t, dtype):  # (S, N, ...) -> (N, S, ...) in ``dtype``: one copy
+        out = torch.empty((t.shape[1], t.shape[0], *t.shape[2:]), dtype=dtype)
+        return out.copy_(t.transpose(0, 1))
 
     for index, (layer, in_max) in enumerate(zip(program.layers, maxima, strict=True)):
         if layer.kind == "sumpool2x2":
@@ -472,7 +473,7 @@ def _run_rate_fast(program: Program, x: torch.Tensor) -> GoldenResult:
             pooled = _exact_sum(layer, steps_in.flatten(0, 1), in_max, dtype=ft)
             steps_in = pooled.view(S, n, *pooled.shape[1:])
             levels.append(steps_in[tau:].sum(dim=0).to(torch.int64))
-            spikes.append(batch_major(steps_in.to(torch.int64)).contiguous())
+            spikes.append(batch_major(steps_in, torch.int64))
             srp_masks.append(None)
             residuals.append(None)
             continue
@@ -493,21 +494,28 @@ def _run_rate_fast(program: Program, x: torch.Tensor) -> GoldenResult:
         threshold = _channel_view(layer.threshold, layer.out_shape).to(ft)
         v_init = _channel_view(layer.v_init, layer.out_shape).to(ft)
         v = v_init.expand_as(adds[0]).clone()
-        keep = residual = None
-        out = torch.empty((S, *adds.shape[1:]), dtype=torch.bool)
-        for t in range(S):
+        keep = keep_f = residual = None
+        out = torch.empty((S, *adds.shape[1:]), dtype=torch.bool)  # the spikes
+        steps_in = torch.empty((S, *adds.shape[1:]), dtype=ft)  # the same, the next input
+        count = torch.zeros_like(v)
+        for t in range(S):  # in place, step by step: each step's block stays in cache
             if tau and t == tau:  # SRP: mask the neurons below zero, restart every potential
                 residual = v.to(torch.int64)
                 keep = v >= 0
+                keep_f = keep.to(ft)
                 v = v_init.expand_as(v).clone()
             v += adds[t]
             fired = torch.ge(v, threshold, out=out[t])
-            v -= fired * threshold
+            spike = steps_in[t]
+            spike.copy_(fired)
+            v.addcmul_(spike, threshold, value=-1)  # reset by subtraction
             if keep is not None:
                 fired &= keep
-        steps_in = out.to(ft)  # the next layer's input
-        levels.append(steps_in[tau:].sum(dim=0).to(torch.int64))
-        spikes.append(batch_major(out.to(torch.uint8)).contiguous())
+                spike.mul_(keep_f)
+            if t >= tau:
+                count += spike
+        levels.append(count.to(torch.int64))
+        spikes.append(batch_major(out, torch.uint8))
         srp_masks.append(keep)
         residuals.append(residual)
     logits = levels[-1]
