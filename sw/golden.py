@@ -11,6 +11,16 @@ For every layer, in the engine's order (docs/conversion-math.md section 2):
 
 Vectorized over a batch in torch; all arithmetic is integer (convolution sums are computed in
 float64, exact for these magnitudes, and checked to be below 2**53 by the Program's width check).
+
+Two paths give the same integers. With ``trace=True`` (or an ablation) every step above runs as
+the hardware runs it, and every accumulator step is kept. Without a trace (what evaluation,
+comparison and the RTL checks call) the model computes the same results directly: Horner over
+the bit planes is linear, so it is one synaptic sum of the integer levels, and successive
+approximation gives the bits of ``clip(floor(u0 / D), 0, L)``; the rate model folds its time
+steps into the batch. Both run in float32 where the Program's bounds prove every value below
+2^24 (else float64), with a witness that each sum came out integral. tests/test_golden_fast.py
+holds the two paths equal on random Programs of every kind and on the trained digits models;
+bench/bench_golden.py measures their speed against the float ANN.
 """
 
 from __future__ import annotations
