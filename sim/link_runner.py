@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 
 import numpy as np
@@ -31,6 +30,7 @@ from .runner import (
     checked_images,
     choose_simulator,
     with_clock,
+    write_job_folder,
 )
 
 __all__ = ["LINK_TOPLEVEL", "link_verilog", "run_link", "run_link_command"]
@@ -97,20 +97,12 @@ def run_link_command(program, command: list[str], *, lanes: int, simulator=None,
 
 
 def _run(program, images, *, lanes, simulator, root, fault, job: dict) -> dict:
-    from bitspike.sw.images import write_bundle
-
     sim = choose_simulator(simulator)
     text, link = link_verilog(program, lanes=lanes, fault=fault)
     built = build(text, simulator=sim, root=root, toplevel=LINK_TOPLEVEL)
     folder = (built.directory / "runs" / f"{os.getpid()}-{threading.get_ident()}").resolve()
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    write_bundle(program, folder / "program")
-    np.save(folder / "images.npy", np.asarray(images, dtype=np.int64))
-    (folder / "job.json").write_text(json.dumps({
-        "lanes": lanes, "clock_ns": CLOCK_NS, "bit_ns": CLOCK_NS * link.divisor,
-        **job}) + "\n")
+    write_job_folder(folder, program, images, {
+        "lanes": lanes, "clock_ns": CLOCK_NS, "bit_ns": CLOCK_NS * link.divisor, **job})
     log = folder / "sim.log"
     env = {"BITSPIKE_LINK_JOB": str(folder), "OMP_NUM_THREADS": "1",
            "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")}

@@ -384,7 +384,9 @@ class SimReport:
                 "images_per_second": self.images_per_second}
 
 
-def _write_job(folder: Path, program, images: np.ndarray, job: SimJob, fields: dict) -> None:
+def write_job_folder(folder: Path, program, images: np.ndarray, settings: dict) -> None:
+    """A fresh job folder for a bench: the Program's bundle, the images (``images.npy``) and
+    ``job.json`` with ``settings``."""
     from bitspike.sw.images import write_bundle
 
     if folder.exists():
@@ -392,9 +394,13 @@ def _write_job(folder: Path, program, images: np.ndarray, job: SimJob, fields: d
     folder.mkdir(parents=True)
     write_bundle(program, folder / "program")
     np.save(folder / "images.npy", np.asarray(images, dtype=np.int64))
-    (folder / "job.json").write_text(json.dumps({
+    (folder / "job.json").write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def _write_job(folder: Path, program, images: np.ndarray, job: SimJob, fields: dict) -> None:
+    write_job_folder(folder, program, images, {
         **asdict(job), "clock_ns": CLOCK_NS, "fields": fields,
-        "layer_names": [lay.name for lay in program.layers]}, indent=1) + "\n")
+        "layer_names": [lay.name for lay in program.layers]})
 
 
 def run(engine, program, images, job: SimJob, *, simulator: str | Simulator | None = None,

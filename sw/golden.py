@@ -62,8 +62,7 @@ def bit_planes(levels: torch.Tensor, steps: int) -> torch.Tensor:
     if steps <= 8 and levels.numel() and int(levels.min()) >= 0 and int(levels.max()) < 256:
         # the common case (activation levels of at most 8 bits), on bytes: 8x less memory
         # traffic than int64 shifts, the same bits
-        small = levels.to(torch.uint8)
-        return torch.stack([(small >> (steps - 1 - t)) & 1 for t in range(steps)], dim=1)
+        return _planes_u8(levels, steps)
     shifts = torch.arange(steps - 1, -1, -1, dtype=torch.int64)
     view = [1, steps] + [1] * (levels.dim() - 1)
     return ((levels.unsqueeze(1) >> shifts.view(view)) & 1).to(torch.uint8)

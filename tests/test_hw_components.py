@@ -278,6 +278,24 @@ def set_append(ctx, port, t, y, x, index):
         ctx.set(getattr(port, name), value)
 
 
+async def load_lists(ctx, lists, fields, rows: int, appends):
+    """Load ``appends`` into ``lists`` as the engine's ClearInput and Load do: the write
+    fields, ``rows`` bitmap rows cleared, one append per cycle, two cycles for the last write."""
+    ctx.set(lists.wr_fields, dict(zip(("kb", "wb", "hb"), fields, strict=True)))
+    ctx.set(lists.load, 1)
+    ctx.set(lists.clear.valid, 1)
+    for y in range(rows):
+        ctx.set(lists.clear.row, y)
+        await ctx.tick()
+    ctx.set(lists.clear.valid, 0)
+    for t, y, x, c in appends:
+        set_append(ctx, lists.append, t, y, x, c)
+        await ctx.tick()
+    ctx.set(lists.append.valid, 0)
+    await ctx.tick().repeat(2)
+    ctx.set(lists.load, 0)
+
+
 def as_lists(appends):
     lists: dict[tuple[int, int, int], list[int]] = {}
     for t, y, x, index in appends:
@@ -432,19 +450,7 @@ def test_event_lists_engine_load_order():
     seen = {}
 
     async def bench(ctx):
-        ctx.set(dut.wr_fields, dict(zip(("kb", "wb", "hb"), fields, strict=True)))
-        ctx.set(dut.load, 1)
-        ctx.set(dut.clear.valid, 1)
-        for y in range(row["h"]):
-            ctx.set(dut.clear.row, y)
-            await ctx.tick()
-        ctx.set(dut.clear.valid, 0)
-        for t, y, x, c in appends:
-            set_append(ctx, dut.append, t, y, x, c)
-            await ctx.tick()
-        ctx.set(dut.append.valid, 0)
-        await ctx.tick().repeat(2)
-        ctx.set(dut.load, 0)
+        await load_lists(ctx, dut, fields, row["h"], appends)
         for y in range(row["h"]):
             ctx.set(dut.scan.row, y)
             await ctx.tick()
@@ -521,21 +527,9 @@ def run_walk(name, lanes, layer, density, seed, *, room_prob=1.0, gap=1, fault=N
     async def bench(ctx):
         ctx.set(dut.desc, row)
         ctx.set(w.lane_step, lane_step)
-        ctx.set(lists_dut.wr_fields, dict(zip(("kb", "wb", "hb"), in_fields(row),
-                                              strict=True)))
         # the load (as the engine's ClearInput and Load): src = 0 written directly
-        ctx.set(lists_dut.load, 1)
-        ctx.set(lists_dut.clear.valid, 1)
-        for y in range(1 if row["in_flat"] else row["h"]):
-            ctx.set(lists_dut.clear.row, y)
-            await ctx.tick()
-        ctx.set(lists_dut.clear.valid, 0)
-        for t, y, x, index in appends:
-            set_append(ctx, lists_dut.append, t, y, x, index)
-            await ctx.tick()
-        ctx.set(lists_dut.append.valid, 0)
-        await ctx.tick().repeat(2)
-        ctx.set(lists_dut.load, 0)
+        await load_lists(ctx, lists_dut, in_fields(row), 1 if row["in_flat"] else row["h"],
+                         appends)
         # LayerStart, ClearOutput (gap cycles without run), then Walk
         ctx.set(dut.start, 1)
         await ctx.tick()
